@@ -1,0 +1,102 @@
+"""The `embed-jax` command line: one subcommand per job, gin flags shared by all.
+
+    embed-jax SUBCOMMAND [--gin_file=F ...] [--gin.NAME=VALUE ...] [subcommand flags]
+
+Each subcommand lives in its own module, imported only when chosen, so `--help`
+is fast and a subcommand that needs no tensorflow never imports it. A
+subcommand module provides `add_arguments(parser)` and `run(args) -> int`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from embed_jax import gin_config
+
+# name -> (module, one-line help). Later work registers its subcommands here.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "config": ("embed_jax.cli.config", "print the gin config that the given files and overrides produce"),
+}
+
+
+class CommandLineError(Exception):
+  """A user mistake on the command line, reported without a traceback."""
+
+
+def split_gin_flags(argv: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
+  """Separates `--gin_file` and `--gin.NAME=VALUE` flags from the rest of argv.
+
+  Returns:
+    (gin_files, gin_bindings, remaining_argv).
+  """
+  files, bindings, rest = [], [], []
+  it = iter(argv)
+  for arg in it:
+    if arg.startswith("--gin_file="):
+      files.append(arg.split("=", 1)[1])
+    elif arg == "--gin_file":
+      try:
+        files.append(next(it))
+      except StopIteration:
+        raise CommandLineError("--gin_file needs a file name") from None
+    elif arg.startswith("--gin."):
+      bindings.append(arg[len("--gin."):])
+    elif arg == "--gin" or arg.startswith("--gin="):
+      raise CommandLineError(f"{arg}: use --gin.NAME=VALUE")
+    else:
+      rest.append(arg)
+  return files, bindings, rest
+
+
+def _top_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="embed-jax",
+      description="Contrastive pre-training of text and code embeddings in JAX.",
+      epilog="Gin flags, accepted by every subcommand: --gin_file=FILE (repeatable; "
+      "searched in the current folder and in configs/) and --gin.NAME=VALUE overrides.",
+  )
+  sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
+  for name, (_, help_text) in SUBCOMMANDS.items():
+    sub.add_parser(name, help=help_text, add_help=False)
+  return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Parses argv, applies gin config, and runs the chosen subcommand; returns the exit code."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  gin_files, gin_bindings, rest = split_gin_flags(argv)
+  top = _top_parser()
+  if not rest or rest[0] in ("-h", "--help") or rest[0] not in SUBCOMMANDS:
+    if rest and rest[0] not in ("-h", "--help"):
+      top.print_usage(sys.stderr)
+      print(f"embed-jax: unknown subcommand {rest[0]!r}; choose from {', '.join(SUBCOMMANDS)}",
+            file=sys.stderr)
+      return 2
+    top.print_help()
+    return 0 if rest else 2
+  name = rest[0]
+  module = importlib.import_module(SUBCOMMANDS[name][0])
+  parser = argparse.ArgumentParser(prog=f"embed-jax {name}", description=SUBCOMMANDS[name][1])
+  parser.add_argument("--gin_file", action="append", default=[], metavar="FILE",
+                      help="gin config file (repeatable; also searched in configs/)")
+  module.add_arguments(parser)
+  args = parser.parse_args(rest[1:])
+  args.gin_files = gin_files
+  args.gin_bindings = gin_bindings
+  return int(module.run(args) or 0)
+
+
+def console_main() -> None:
+  """Entry point of the `embed-jax` console script."""
+  try:
+    sys.exit(main())
+  except (CommandLineError, gin_config.GinConfigError) as e:
+    print(f"embed-jax: error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  console_main()
