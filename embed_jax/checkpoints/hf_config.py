@@ -88,20 +88,26 @@ def _rope_theta(hf: Mapping[str, Any]) -> float:
 
 
 def _sliding_window(hf: Mapping[str, Any], model_type: str) -> int | None:
-  """The one window applied to every layer, or None; mixed per-layer windows are rejected."""
+  """The one window applied to every layer, or None; mixed per-layer windows are rejected.
+
+  Mistral windows every layer. Qwen2 windows the layers its `layer_types` mark
+  "sliding_attention" (older configs: use_sliding_window and layers from
+  max_window_layers on).
+  """
   window = hf.get("sliding_window")
   if model_type == "mistral":
     return window
-  if model_type != "qwen2" or not hf.get("use_sliding_window") or window is None:
+  if model_type != "qwen2" or window is None:
     return None
   num_layers = hf["num_hidden_layers"]
+  first_windowed = hf.get("max_window_layers", num_layers)
   layer_types = hf.get("layer_types") or [
-      "sliding_attention" if i >= hf.get("max_window_layers", num_layers) else "full_attention"
-      for i in range(num_layers)]
-  if all(t == "sliding_attention" for t in layer_types):
-    return window
+      "sliding_attention" if hf.get("use_sliding_window") and i >= first_windowed
+      else "full_attention" for i in range(num_layers)]
   if all(t == "full_attention" for t in layer_types):
     return None
+  if all(t == "sliding_attention" for t in layer_types):
+    return window
   raise HFConversionError(
       f"sliding_window={window} on some layers only (layer_types / max_window_layers) is not "
       "supported; our decoder applies one window to every layer")

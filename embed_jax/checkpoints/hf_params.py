@@ -21,6 +21,7 @@ import numpy as np
 
 from embed_jax.checkpoints.hf_config import EncoderConfig, HFConversionError
 from embed_jax.models.bert import BertConfig
+from embed_jax.models.stack import stack_layer_params
 from embed_jax.models.transformer import DecoderConfig
 
 # Tensors a `transformers` checkpoint may hold that the encoder does not use.
@@ -151,9 +152,13 @@ def _sources(config: EncoderConfig, names: Mapping[str, Any]) -> dict[str, _Sour
   if isinstance(config, BertConfig):
     return _bert_sources(config)
   if isinstance(config, DecoderConfig):
-    if any(n == "wte.weight" or n.endswith(".wte.weight") for n in names):
-      return _gpt2_sources(config)
-    return _llama_sources(config)
+    gpt2 = any(n == "wte.weight" or n.endswith(".wte.weight") for n in names)
+    layout, expected = ("gpt2", "learned") if gpt2 else ("llama", "rope")
+    if config.position_embedding != expected:
+      raise HFConversionError(
+          f"the checkpoint has {layout}-style tensor names, which need "
+          f"position_embedding={expected!r}; the config has {config.position_embedding!r}")
+    return _gpt2_sources(config) if gpt2 else _llama_sources(config)
   raise TypeError(f"no HF layout for config type {type(config).__name__}")
 
 
@@ -190,7 +195,8 @@ def params_from_hf(config: EncoderConfig, tensors: Mapping[str, Any]) -> dict[st
       may be a lazy mapping: each tensor is read once.
 
   Returns:
-    The nested `params` dict of `Decoder` / `BertEncoder`.
+    The nested `params` dict of `Decoder` / `BertEncoder` (layers stacked
+    under `layers` when config.scan_layers).
 
   Raises:
     HFConversionError: naming a missing tensor, or one whose shape differs from
@@ -223,4 +229,6 @@ def params_from_hf(config: EncoderConfig, tensors: Mapping[str, Any]) -> dict[st
   unused = sorted(n for n in names if n not in used and not _IGNORED.search(n))
   if unused:
     logging.warning("%d checkpoint tensors were not used: %s", len(unused), unused[:20])
+  if config.scan_layers:
+    params = stack_layer_params(params, config.num_layers)
   return params

@@ -14,6 +14,7 @@ Param tree (`params` collection):
   layer_{i}/attention_norm/{scale, bias}
   layer_{i}/mlp/{wi, wo}/{kernel, bias}
   layer_{i}/mlp_norm/{scale, bias}
+With scan_layers=True the layer_{i} subtrees are stacked under `layers`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import gin
 import jax
 import jax.numpy as jnp
 
-from embed_jax.models import layers
+from embed_jax.models import layers, stack
 from embed_jax.models.attention import Attention
 from embed_jax.models.positions import default_positions
 
@@ -44,7 +45,7 @@ class BertConfig:
     dropout_rate: dropout after the embeddings and on each residual branch.
     attention_dropout_rate: dropout on the attention probabilities.
     init_std: std of the normal initialisers.
-    dtype, param_dtype, remat_policy, attention_impl: as in `DecoderConfig`.
+    dtype, param_dtype, remat_policy, scan_layers, attention_impl: as in `DecoderConfig`.
   """
   vocab_size: int = 30522
   d_model: int = 768
@@ -61,11 +62,12 @@ class BertConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   remat_policy: str = "none"
+  scan_layers: bool = False
   attention_impl: str | None = None
 
   def __post_init__(self):
     layers.check_choice("mlp_activation", self.mlp_activation, layers.ACTIVATIONS)
-    layers.check_choice("remat_policy", self.remat_policy, (*layers.REMAT_POLICIES, "none"))
+    layers.check_choice("remat_policy", self.remat_policy, stack.REMAT_CHOICES)
     if self.d_model % self.num_heads:
       raise ValueError(
           f"BertConfig: d_model={self.d_model} is not divisible by num_heads={self.num_heads}")
@@ -77,7 +79,7 @@ class BertConfig:
 
 
 class BertBlock(nn.Module):
-  """Post-norm block: x = norm(x + attn(x)); x = norm(x + mlp(x)). [B, L, D] -> [B, L, D]."""
+  """Post-norm block: x = norm(x + attn(x)); x = norm(x + mlp(x)). [B, L, D] -> ([B, L, D], None)."""
   config: BertConfig
 
   @nn.compact
@@ -101,7 +103,7 @@ class BertBlock(nn.Module):
         name="mlp")(x)
     h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
     x = layers.norm("layernorm", name="mlp_norm", **norm)(x + h)
-    return layers.constrain(x, layers.HIDDEN_AXES)
+    return layers.constrain(x, layers.HIDDEN_AXES), None
 
 
 class BertEncoder(nn.Module):
@@ -137,5 +139,5 @@ class BertEncoder(nn.Module):
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     x = layers.constrain(x, layers.HIDDEN_AXES)
 
-    return layers.run_blocks(
+    return stack.run_blocks(
         BertBlock, cfg, x, mask.astype(bool), positions, segment_ids, deterministic)

@@ -26,13 +26,6 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 NORMS = ("layernorm", "rmsnorm")
 
-# Checkpoint policies for `nn.remat` by name; "none" means no rematerialisation.
-REMAT_POLICIES: dict[str, Callable[..., bool] | None] = {
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.dots_saveable,
-    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
-
 
 def check_choice(kind: str, value: str, choices: Sequence[str]) -> None:
   """Raises a ValueError naming `kind`, the bad `value` and the valid choices."""
@@ -176,28 +169,3 @@ def check_length(length: int, max_length: int, config_name: str) -> None:
     raise ValueError(
         f"input length {length} exceeds the {max_length} learned positions "
         f"({config_name}.max_length)")
-
-
-def run_blocks(block_cls: type[nn.Module], config, x, key_mask, positions, segment_ids,
-               deterministic: bool) -> jax.Array:
-  """Applies `config.num_layers` blocks named layer_{i}, rematerialised per `config.remat_policy`.
-
-  Each block is called as block(config)(x, key_mask, positions, segment_ids, deterministic).
-  Must be called inside a compact method (the blocks become its children).
-  """
-  block = maybe_remat(block_cls, config.remat_policy, static_argnums=(5,))
-  for i in range(config.num_layers):
-    x = block(config, name=f"layer_{i}")(x, key_mask, positions, segment_ids, deterministic)
-  return x
-
-
-def maybe_remat(block_cls: type[nn.Module], policy: str, static_argnums: tuple[int, ...]):
-  """`block_cls` wrapped in `nn.remat` with the named checkpoint policy ("none": unwrapped).
-
-  `static_argnums` count `self` as 0 (flax's convention), e.g. the position of
-  the Python bool `deterministic`.
-  """
-  if policy == "none":
-    return block_cls
-  check_choice("remat policy", policy, (*REMAT_POLICIES, "none"))
-  return nn.remat(block_cls, policy=REMAT_POLICIES[policy], static_argnums=static_argnums)

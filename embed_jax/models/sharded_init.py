@@ -22,7 +22,12 @@ EXAMPLE_LENGTH = 8
 
 
 def example_inputs(module: nn.Module, batch_size: int, length: int = EXAMPLE_LENGTH) -> tuple:
-  """Dummy positional inputs for `module.init`: (tokens, mask) or, for a DualEncoder, both sides."""
+  """Dummy positional inputs for `module.init`: (tokens, mask) or, for a DualEncoder, both sides.
+
+  Param shapes do not depend on the length; it is capped at the encoder's max_length.
+  """
+  config = module.config.encoder if isinstance(module, DualEncoder) else module.config
+  length = min(length, config.max_length)
   tokens = jnp.zeros((batch_size, length), jnp.int32)
   mask = jnp.ones((batch_size, length), jnp.int32)
   if isinstance(module, DualEncoder):

@@ -15,6 +15,8 @@ Param tree (`params` collection):
   layer_{i}/mlp_norm/{scale, bias}
   layer_{i}/mlp/{wi | wi_gate, wi_up, wo}/{kernel, bias}
   final_norm/{scale, bias}
+With scan_layers=True the layer_{i} subtrees are stacked into one `layers`
+subtree with a leading [num_layers] axis (see `models/stack.py`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import gin
 import jax
 import jax.numpy as jnp
 
-from embed_jax.models import layers
+from embed_jax.models import layers, stack
 from embed_jax.models.attention import Attention
 from embed_jax.models.positions import default_positions
 
@@ -64,6 +66,8 @@ class DecoderConfig:
     dtype: compute dtype (e.g. "bfloat16"); norms and softmax stay float32 inside.
     param_dtype: dtype the params are stored in.
     remat_policy: "none", "full", "dots" or "dots_no_batch" (rematerialise each block).
+    scan_layers: run the blocks with `nn.scan` over params stacked under `layers`
+      (compile time flat in depth); see `models/stack.py`.
     attention_impl: `jax.nn.dot_product_attention` implementation: None, "xla" or "cudnn".
   """
   vocab_size: int = 50257
@@ -91,13 +95,14 @@ class DecoderConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   remat_policy: str = "none"
+  scan_layers: bool = False
   attention_impl: str | None = None
 
   def __post_init__(self):
     layers.check_choice("position_embedding", self.position_embedding, POSITION_EMBEDDINGS)
     layers.check_choice("norm", self.norm, layers.NORMS)
     layers.check_choice("mlp_activation", self.mlp_activation, layers.ACTIVATIONS)
-    layers.check_choice("remat_policy", self.remat_policy, (*layers.REMAT_POLICIES, "none"))
+    layers.check_choice("remat_policy", self.remat_policy, stack.REMAT_CHOICES)
     if self.head_dim is None and self.d_model % self.num_heads:
       raise ValueError(
           f"DecoderConfig: d_model={self.d_model} is not divisible by num_heads={self.num_heads}; "
@@ -124,7 +129,7 @@ class DecoderConfig:
 
 
 class DecoderBlock(nn.Module):
-  """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x)). [B, L, D] -> [B, L, D]."""
+  """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x)). [B, L, D] -> ([B, L, D], None)."""
   config: DecoderConfig
 
   @nn.compact
@@ -151,7 +156,7 @@ class DecoderBlock(nn.Module):
         use_bias=cfg.mlp_bias, init_std=cfg.init_std, out_init_std=out_init_std,
         dtype=dtype, param_dtype=param_dtype, name="mlp")(h)
     x = x + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
-    return layers.constrain(x, layers.HIDDEN_AXES)
+    return layers.constrain(x, layers.HIDDEN_AXES), None
 
 
 class Decoder(nn.Module):
@@ -196,7 +201,7 @@ class Decoder(nn.Module):
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     x = layers.constrain(x, layers.HIDDEN_AXES)
 
-    x = layers.run_blocks(
+    x = stack.run_blocks(
         DecoderBlock, cfg, x, mask.astype(bool), positions, segment_ids, deterministic)
     x = layers.norm(cfg.norm, epsilon=cfg.norm_eps, dtype=dtype, param_dtype=param_dtype,
                     name="final_norm")(x)

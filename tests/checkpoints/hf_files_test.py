@@ -11,6 +11,7 @@ transformers = pytest.importorskip("transformers")
 from embed_jax.checkpoints.hf_config import HFConversionError, config_from_hf  # pylint: disable=wrong-import-position
 from embed_jax.checkpoints.hf_files import read_hf_tensors  # pylint: disable=wrong-import-position
 from embed_jax.checkpoints.hf_params import params_from_hf  # pylint: disable=wrong-import-position
+from embed_jax.models.stack import stack_layer_params  # pylint: disable=wrong-import-position
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +98,12 @@ def test_prefixed_names_and_heads_are_handled(llama, state, expected_params):
   _assert_trees_equal(params_from_hf(config, prefixed), expected_params)
 
 
+def test_scanned_layout_stacks_the_layers(llama, state, expected_params):
+  config = config_from_hf(llama.config.to_dict(), scan_layers=True)
+  _assert_trees_equal(params_from_hf(config, state),
+                      stack_layer_params(expected_params, config.num_layers))
+
+
 def test_unknown_architecture_names_supported_ones():
   with pytest.raises(HFConversionError,
                      match=r"model_type='t5'.*\('bert', 'gpt2', 'llama', 'mistral', 'qwen2'\)"):
@@ -131,6 +138,9 @@ def test_known_fields_map_to_our_config():
   assert old_style.qkv_bias and old_style.out_bias and not old_style.mlp_bias
   qwen2 = config_from_hf(dict(LLAMA, model_type="qwen2"))
   assert qwen2.qkv_bias and not qwen2.out_bias and qwen2.sliding_window is None
+  windowed_qwen2 = config_from_hf(dict(LLAMA, model_type="qwen2", use_sliding_window=True,
+                                        sliding_window=16, max_window_layers=0))
+  assert windowed_qwen2.sliding_window == 16
   mistral = config_from_hf(dict(LLAMA, model_type="mistral", sliding_window=4096))
   assert mistral.sliding_window == 4096
   assert config_from_hf(dict(LLAMA), dtype="bfloat16").dtype == "bfloat16"

@@ -69,3 +69,14 @@ def test_parameter_count_matches_transformers(name):
   shapes = abstract_params(encoder, example_inputs(encoder, 1, 4))
   ours = sum(math.prod(x.shape) for x in jax.tree.leaves(shapes))
   assert ours == _hf_parameter_count(hf_config, model_class)
+
+
+def test_run_bindings_complete_a_model_file():
+  gin_config.parse(["models/tiny.gin"], [
+      "DualEncoderConfig.x_delimiter_ids = (58, 60)", "DualEncoderConfig.y_delimiter_ids = (90, 92)",
+      "DualEncoderConfig.projection_dim = 16", "DecoderConfig.dtype = 'bfloat16'",
+      "DecoderConfig.remat_policy = 'full'"])
+  config = DualEncoderConfig()
+  assert (config.closing_id("x"), config.closing_id("y"), config.projection_dim) == (60, 92, 16)
+  assert (config.encoder.dtype, config.encoder.remat_policy, config.encoder.d_model) == (
+      "bfloat16", "full", 32)

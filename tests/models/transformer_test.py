@@ -2,13 +2,15 @@
 
 import dataclasses
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from embed_jax import partitioning
-from embed_jax.models import BertConfig, BertEncoder, Decoder, DecoderConfig, init_params
+from embed_jax.models import BertConfig, BertEncoder, Decoder, DecoderConfig, init_params, stack
+from embed_jax.models.sharded_init import abstract_params, example_inputs
 
 GPT2_STYLE = DecoderConfig(vocab_size=96, d_model=32, num_layers=2, num_heads=4, max_length=16)
 LLAMA_STYLE = DecoderConfig(
@@ -26,13 +28,25 @@ def _rbg_key(seed):
   return jax.random.key(seed, impl="rbg")
 
 
+def _random_params(module, seed):
+  """Random params of the module's shapes, drawn in numpy (no init compilation).
+
+  Norm scales are 1 + noise, everything else N(0, 0.2), so every param matters.
+  """
+  abstract = nn.meta.unbox(abstract_params(module, example_inputs(module, 1)))
+  rng = np.random.RandomState(seed)
+  return jax.tree_util.tree_map_with_path(
+      lambda path, x: ((path[-1].key == "scale") + 0.2 * rng.normal(size=x.shape)).astype(x.dtype),
+      abstract)
+
+
 @pytest.fixture(scope="module")
 def params():
-  """Initialised params of each config above, by config name (shared: init compiles slowly)."""
+  """Params of each config above, by config name."""
   return {
-      "gpt2": init_params(Decoder(GPT2_STYLE), _rbg_key(3)),
-      "llama": init_params(Decoder(LLAMA_STYLE), _rbg_key(3)),
-      "bert": init_params(BertEncoder(BERT), _rbg_key(3)),
+      "gpt2": _random_params(Decoder(GPT2_STYLE), 0),
+      "llama": _random_params(Decoder(LLAMA_STYLE), 1),
+      "bert": _random_params(BertEncoder(BERT), 2),
   }
 
 
@@ -82,12 +96,33 @@ def test_remat_keeps_outputs_and_gradients(params):
   params = params["llama"]
   mask = np.ones_like(TOKENS)
 
-  def loss(module):
-    return jax.jit(jax.value_and_grad(
-        lambda p: jnp.sum(module.apply({"params": p}, TOKENS, mask) ** 2)))(params)
-  (value, grads), (remat_value, remat_grads) = loss(plain), loss(remat)
+  def loss_fn(module):
+    return jax.value_and_grad(lambda p: jnp.sum(module.apply({"params": p}, TOKENS, mask) ** 2))
+
+  assert "remat" in str(jax.make_jaxpr(loss_fn(remat))(params))  # jax.checkpoint's primitive
+  assert "remat" not in str(jax.make_jaxpr(loss_fn(plain))(params))
+  (value, grads) = jax.jit(loss_fn(plain))(params)
+  (remat_value, remat_grads) = jax.jit(loss_fn(remat))(params)
   np.testing.assert_allclose(remat_value, value, rtol=1e-6)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), remat_grads, grads)
+  jax.tree.map(  # float32 reassociation differences, relative to each gradient's scale
+      lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5 * np.abs(b).max()), remat_grads, grads)
+
+
+def test_scanned_layers_equal_unrolled_layers(params):
+  """nn.scan over stacked params (with remat inside) computes what the unrolled stack does."""
+  scanned = Decoder(dataclasses.replace(LLAMA_STYLE, scan_layers=True, remat_policy="dots"))
+  mask = (np.arange(12) < np.array([[12], [9], [5], [1]])).astype(np.int32)
+  stacked = stack.stack_layer_params(params["llama"], LLAMA_STYLE.num_layers)
+  abstract = jax.eval_shape(lambda: scanned.init(jax.random.key(0), TOKENS, mask))["params"]
+  assert jax.tree.map(lambda x: x.shape, nn.meta.unbox(abstract)) == jax.tree.map(
+      lambda x: x.shape, stacked)
+  assert nn.get_partition_spec(abstract)["layers"]["attention"]["query"]["kernel"] == (
+      jax.sharding.PartitionSpec("layers", "embed", "heads", "head_dim"))
+  np.testing.assert_allclose(
+      jax.jit(scanned.apply)({"params": stacked}, TOKENS, mask),
+      jax.jit(Decoder(LLAMA_STYLE).apply)({"params": params["llama"]}, TOKENS, mask), atol=1e-5)
+  unstacked = stack.unstack_layer_params(stacked, LLAMA_STYLE.num_layers)
+  jax.tree.map(np.testing.assert_array_equal, unstacked, params["llama"])
 
 
 def test_bfloat16_compute_with_float32_params(params):
