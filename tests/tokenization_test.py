@@ -84,6 +84,19 @@ def test_truncation_cuts_the_body_and_keeps_both_delimiters(minilm_path, raw_min
   np.testing.assert_array_equal(encoded.mask, np.arange(12)[None, :] < lengths[:, None])
 
 
+def test_bert_truncation_matches_the_tokenizers_own(minilm_path, raw_minilm):
+  import tokenizers  # pylint: disable=import-outside-toplevel
+  truncating = tokenizers.Tokenizer.from_file(minilm_path)
+  truncating.no_padding()
+  truncating.enable_truncation(max_length=12)
+  encoder = tokenization.TextEncoder(
+      tokenization.HuggingFaceTokenizer(minilm_path),
+      {"x": (["[CLS]"], ["[SEP]"]), "y": (["[CLS]"], ["[SEP]"])})
+  ids, truncated = encoder.encode_ids(TEXTS, "x", max_length=12)
+  assert ids == [truncating.encode(t).ids for t in TEXTS]
+  assert truncated == [len(raw_minilm.encode(t).ids) > 12 for t in TEXTS] == [False, True, True]
+
+
 def test_max_length_must_leave_room_for_the_template(sentencepiece_path):
   encoder = tokenization.TextEncoder(
       tokenization.SentencePieceTokenizer(sentencepiece_path), {"x": (["[", "["], ["]"]), "y": ([], [])})

@@ -13,6 +13,7 @@ percentiles and truncation rates. The task and lengths come from gin's
 from __future__ import annotations
 
 import argparse
+import sys
 import textwrap
 
 import numpy as np
@@ -140,5 +141,11 @@ def _train_vocab(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+  from embed_jax import tokenization  # pylint: disable=import-outside-toplevel
+  from embed_jax.data import pair_files  # pylint: disable=import-outside-toplevel
   _configure(args)
-  return {"show": _show, "stats": _stats, "train-vocab": _train_vocab}[args.action](args)
+  try:
+    return {"show": _show, "stats": _stats, "train-vocab": _train_vocab}[args.action](args)
+  except (pair_files.BadInputError, tokenization.TokenizationError) as e:
+    print(f"embed-jax data {args.action}: error: {e}", file=sys.stderr)
+    return 1

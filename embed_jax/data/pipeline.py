@@ -26,7 +26,7 @@ import jax
 import numpy as np
 import seqio
 
-from embed_jax import partitioning
+from embed_jax import partitioning, tokenization
 from embed_jax.data import batch_format, global_batches, order as order_lib
 from embed_jax.data import tasks as _tasks  # pylint: disable=unused-import  # Registers the built-in tasks.
 from embed_jax.data.feature_converter import PairFeatureConverter
@@ -90,6 +90,11 @@ def feature_converter(task: seqio.Task, num_negatives: int = 0) -> PairFeatureCo
 def converted_dataset(task: seqio.Task, config: DataConfig, shard: int = 0, num_shards: int = 1):
   """tf.data.Dataset of one shard of the task's split, in source order, as model features."""
   converter = feature_converter(task, config.num_negatives)
+  for side, length in (("x", config.x_length), ("y", config.y_length)):
+    overhead = task.output_features[side].vocabulary.template.overhead
+    if length < overhead:
+      raise tokenization.TokenizationError(
+          f"{side}_length={length} leaves no room for the {overhead} template tokens of {side}")
   ds = task.get_dataset(
       sequence_length=None, split=config.split, shuffle=False, num_epochs=1,
       shard_info=seqio.ShardInfo(shard, num_shards), trim_output_features=False)

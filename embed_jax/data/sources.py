@@ -41,7 +41,7 @@ class PairFileDataSource(seqio.DataSource):
     self.fields = fields
     self._format = format
     self._skip_bad_examples = skip_bad_examples
-    super().__init__(splits=tuple(self._split_to_patterns), caching_permitted=False)
+    super().__init__(splits=tuple(self._split_to_patterns))
 
   def _patterns(self, split: str) -> Patterns:
     if split not in self._split_to_patterns:

@@ -7,7 +7,11 @@ Importing this module registers:
   stdlib_code_and_text  mixture of both, rates proportional to their sizes
 
 Every task has output features `x`, `y` and `negatives`, tokenised by
-`ConfiguredVocabulary` (gin's `text_encoder`), delimiters included.
+`ConfiguredVocabulary` (gin's `text_encoder`), delimiters included. T5X-style
+use works too, e.g. `seqio.get_dataset(name, converter.task_feature_lengths(Lx,
+Ly), feature_converter=pipeline.feature_converter(task))`: given sequence
+lengths, the task truncates each text keeping its closing delimiter before
+seqio's own trimming could drop it.
 
 The user's files become tasks from gin, and mixtures likewise; each
 configurable registers (or replaces) the task when gin calls it and returns its
@@ -58,7 +62,7 @@ def register_pair_task(name: str, source: seqio.DataSource,
     seqio.TaskRegistry.remove(name)
   return seqio.TaskRegistry.add(
       name, source=source,
-      preprocessors=[preprocessors.tokenize_pairs],
+      preprocessors=[preprocessors.tokenize_pairs, preprocessors.truncate_keeping_suffix],
       output_features=output_features or pair_output_features())
 
 

@@ -67,3 +67,15 @@ def test_train_vocab_from_files(tmp_path, capsys, write_jsonl):
 def test_show_without_a_task_says_what_to_set():
   with pytest.raises(gin_config.GinConfigError, match="set DataConfig.task"):
     main.main(["data", "show"])
+
+
+def test_bad_input_is_reported_by_file_and_line(tmp_path, sentencepiece_path, capsys):
+  (tmp_path / "bad.jsonl").write_text('{"x": "a b", "y": "c d"}\n{"x": "e"}\n')
+  flags = [f"--gin.text_encoder.sentencepiece_model={sentencepiece_path}",
+           "--gin.bad/file_task.name='bad'", f"--gin.bad/file_task.train='{tmp_path}/bad.jsonl'",
+           "--gin.DataConfig.task=@bad/file_task()"]
+  assert main.main(["data", "stats"] + flags) == 1
+  assert "bad.jsonl:2: missing field 'y'" in capsys.readouterr().err
+  gin_config.reset()  # A second command in the same process.
+  assert main.main(["data", "stats", "--gin.skip_bad_examples=True"] + flags) == 0
+  assert "bad (rate 1): 1 examples" in capsys.readouterr().out

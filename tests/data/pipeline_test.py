@@ -80,6 +80,21 @@ def test_tokens_equal_the_python_encoder_and_keep_the_closing_delimiter(sentence
   assert f"stdlib_code[validation]: {len(records.x)} examples" in iterator.truncation_report()
 
 
+def test_seqio_get_dataset_with_trimming_keeps_the_closing_delimiter(sentencepiece_path, encoder):
+  """T5X-style use: seqio trims to the lengths first; the task's own truncation runs before."""
+  import seqio  # pylint: disable=import-outside-toplevel
+  gin.bind_parameter("text_encoder.sentencepiece_model", sentencepiece_path)
+  task = seqio.get_mixture_or_task("stdlib_code")
+  converter = pipeline.feature_converter(task)
+  ds = seqio.get_dataset("stdlib_code", converter.task_feature_lengths(8, 16), dataset_split="validation",
+                         shuffle=False, feature_converter=converter)
+  examples = list(ds.take(20).as_numpy_iterator())
+  records = seqio_records("stdlib_code", "validation")
+  for side, texts, length in (("x", records.x[:20], 8), ("y", records.y[:20], 16)):
+    expected = encoder.encode(texts, side, length)
+    np.testing.assert_array_equal([e[f"{side}_tokens"] for e in examples], expected.tokens)
+
+
 def seqio_records(task_name, split):
   import seqio  # pylint: disable=import-outside-toplevel
   return seqio.get_mixture_or_task(task_name).source.records(split)
