@@ -33,7 +33,7 @@ from collections.abc import Iterator
 
 import gin
 
-EXTRACTOR_VERSION = 1
+EXTRACTOR_VERSION = 2
 CORPORA = ("stdlib_code", "stdlib_text")
 SPLITS = ("train", "validation", "test")
 # Cumulative upper bounds of each split's share of documents.
@@ -92,14 +92,14 @@ def first_paragraph(docstring: str) -> str:
 def prose_paragraphs(text: str) -> list[str]:
   """Paragraphs of running text, each on one line; code blocks and headings dropped.
 
-  A paragraph whose lines are all indented is a code example or grammar rule;
-  a heading's underline is removed, and what is shorter than MIN_PARAGRAPH_WORDS
+  A paragraph whose lines are all indented is a code example or grammar rule,
+  one starting with `>>>` a doctest; a heading's underline is removed, and what is shorter than MIN_PARAGRAPH_WORDS
   words (headings, labels) is dropped.
   """
   kept = []
   for block in re.split(r"\n\s*\n", text):
     lines = [line for line in block.split("\n") if line.strip() and not _RULE_LINE.match(line)]
-    if not lines or all(line[:1].isspace() for line in lines):
+    if not lines or all(line[:1].isspace() for line in lines) or lines[0].lstrip().startswith(">>>"):
       continue
     paragraph = " ".join(" ".join(lines).split())
     if len(paragraph.split()) >= MIN_PARAGRAPH_WORDS:

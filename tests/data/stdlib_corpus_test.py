@@ -88,6 +88,7 @@ def test_pairs_match_inspect_on_the_real_functions(corpus):
 
 def test_text_pairs_are_neighbouring_paragraphs():
   text = "Heading\n*******\n\nFirst paragraph has enough words here.\n\n   code = 1\n\n" \
+         ">>> print('a doctest is code, not prose')\n\n" \
          "Second paragraph,\nwrapped over lines, also long.\n\nToo short."
   pairs = list(stdlib_corpus.text_pairs(text, "doc"))
   assert [(p["x"], p["y"]) for p in pairs] == [
