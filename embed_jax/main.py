@@ -19,6 +19,7 @@ from embed_jax import gin_config
 # name -> (module, one-line help). Later work registers its subcommands here.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "config": ("embed_jax.cli.config", "print the gin config that the given files and overrides produce"),
+    "data": ("embed_jax.cli.data", "show, measure or train a vocabulary for a data task"),
 }
 
 

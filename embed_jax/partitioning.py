@@ -203,9 +203,14 @@ def activate(mesh: Mesh, rules: LogicalRules | None = None) -> Iterator[Mesh]:
     yield mesh
 
 
-def host_local_batch_slice(global_batch: int) -> slice:
-  """Rows of the global batch that this process feeds (processes split it evenly)."""
-  count, index = jax.process_count(), jax.process_index()
+def host_local_batch_slice(global_batch: int, *, process_count: int | None = None,
+                           process_index: int | None = None) -> slice:
+  """Rows of the global batch that this process feeds (processes split it evenly).
+
+  `process_count` / `process_index` override jax's (tests of multi-host layouts).
+  """
+  count = jax.process_count() if process_count is None else process_count
+  index = jax.process_index() if process_index is None else process_index
   if global_batch % count:
     raise ValueError(
         f"global batch {global_batch} is not divisible by the {count} processes")

@@ -1,0 +1,151 @@
+"""`embed-jax data`: look at a task's examples, measure them, train a vocabulary.
+
+    embed-jax data show  --gin_file=data/stdlib_code.gin [-n 5] [--task T] [--split S]
+    embed-jax data stats --gin_file=data/stdlib_code.gin [--task T] [--split S]
+    embed-jax data train-vocab --output=vocab.model [--vocab_size=8000] [--input=FILE ...]
+
+`show` prints examples after preprocessing and truncation to the configured
+lengths, decoded with their delimiters; `stats` prints counts, token-length
+percentiles and truncation rates. The task and lengths come from gin's
+`DataConfig` (`--task` / `--split` override), the vocabulary from `text_encoder`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+
+import numpy as np
+
+from embed_jax import gin_config
+
+PERCENTILES = (50, 90, 99)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+  show = actions.add_parser("show", help="print decoded examples of a task after preprocessing")
+  stats = actions.add_parser("stats", help="print counts, length percentiles and truncation rates")
+  for sub in (show, stats):
+    sub.add_argument("--task", help="task or mixture name (default: gin's DataConfig.task)")
+    sub.add_argument("--split", help="split (default: gin's DataConfig.split)")
+  show.add_argument("-n", "--num_examples", type=int, default=3, help="examples per task")
+  vocab = actions.add_parser("train-vocab", help="train a SentencePiece vocabulary from a task or files")
+  vocab.add_argument("--output", required=True, help="path of the .model file to write")
+  vocab.add_argument("--vocab_size", type=int, default=8000)
+  vocab.add_argument("--model_type", choices=("unigram", "bpe"), default="unigram")
+  vocab.add_argument("--input", action="append", default=[],
+                     help="JSONL/TSV pair file or glob (repeatable); default: the gin task's split")
+  vocab.add_argument("--x_field", default="x")
+  vocab.add_argument("--y_field", default="y")
+  vocab.add_argument("--task", help="task or mixture whose texts to use (default: gin's DataConfig.task)")
+  vocab.add_argument("--split", default="train")
+
+
+def _configure(args: argparse.Namespace) -> None:
+  # Register every configurable a data gin file may bind before parsing it.
+  from embed_jax.data import pipeline, sentencepiece_training  # pylint: disable=import-outside-toplevel,unused-import
+  gin_config.parse(args.gin_files, args.gin_bindings)
+
+
+def _config(args: argparse.Namespace):
+  from embed_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  overrides = {k: getattr(args, k) for k in ("task", "split") if getattr(args, k, None)}
+  try:
+    config = pipeline.DataConfig(**overrides)
+  except TypeError as e:
+    raise gin_config.GinConfigError(
+        "no task: set DataConfig.task in a gin file (e.g. --gin_file=data/stdlib_code.gin) "
+        f"or pass --task ({str(e).splitlines()[0]})") from None
+  return config
+
+
+def _show(args: argparse.Namespace) -> int:
+  from embed_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  config = _config(args)
+  for task, rate in pipeline.tasks_and_rates(config.task):
+    encoder = task.output_features["x"].vocabulary.encoder
+    print(f"== {task.name}[{config.split}] (rate {rate:g}); {encoder.describe()}")
+    print(f"   x_length={config.x_length}, y_length={config.y_length}, num_negatives={config.num_negatives}")
+    examples = pipeline.converted_dataset(task, config).take(args.num_examples)
+    for i, ex in enumerate(examples.as_numpy_iterator()):
+      print(f"-- #{i}")
+      _print_text("x", encoder, ex["x_tokens"], ex["x_mask"], ex["x_truncated"])
+      _print_text("y", encoder, ex["y_tokens"], ex["y_mask"], ex["y_truncated"])
+      for h in range(config.num_negatives):
+        if ex["neg_mask"][h].any():
+          _print_text(f"negative {h}", encoder, ex["neg_tokens"][h], ex["neg_mask"][h], 0)
+  return 0
+
+
+def _print_text(label: str, encoder, tokens: np.ndarray, mask: np.ndarray, truncated) -> None:
+  ids = tokens[mask == 1]
+  cut = ", truncated" if truncated else ""
+  text = encoder.decode(ids)
+  print(f"   {label} ({len(ids)} tokens{cut}):")
+  print(textwrap.indent(text, "      "))
+
+
+def _percentiles(lengths: np.ndarray) -> str:
+  parts = [f"p{p}={int(np.percentile(lengths, p))}" for p in PERCENTILES]
+  return " ".join(parts + [f"max={int(lengths.max())}", f"mean={lengths.mean():.1f}"])
+
+
+def _stats(args: argparse.Namespace) -> int:
+  from embed_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  from embed_jax.data.sources import PairFileDataSource  # pylint: disable=import-outside-toplevel
+  config = _config(args)
+  print(f"task {config.task} split {config.split}: x_length={config.x_length}, y_length={config.y_length}")
+  for task, rate in pipeline.tasks_and_rates(config.task):
+    lengths = {"x": [], "y": [], "negatives": []}
+    negative_counts = []
+    ds = task.get_dataset(None, split=config.split, shuffle=False, trim_output_features=False)
+    for ex in ds.as_numpy_iterator():
+      lengths["x"].append(len(ex["x"]))
+      lengths["y"].append(len(ex["y"]))
+      lengths["negatives"].extend(len(n) for n in ex["negatives"])
+      negative_counts.append(len(ex["negatives"]))
+    print(f"{task.name} (rate {rate:g}): {len(lengths['x'])} examples, "
+          f"{sum(negative_counts)} negatives ({max(negative_counts, default=0)} at most per example)")
+    if isinstance(task.source, PairFileDataSource):
+      skipped = task.source.records(config.split).skipped
+      if skipped:
+        print(f"  skipped {len(skipped)} bad lines or empty files (skip_bad_examples=True)")
+    for side, limit in (("x", config.x_length), ("y", config.y_length), ("negatives", config.y_length)):
+      side_lengths = np.asarray(lengths[side])
+      if side_lengths.size:
+        cut = int((side_lengths > limit).sum())
+        print(f"  {side:9s} tokens (delimiters included): {_percentiles(side_lengths)}; "
+              f"truncated at {limit}: {cut} ({100.0 * cut / side_lengths.size:.1f}%)")
+  return 0
+
+
+def _train_vocab(args: argparse.Namespace) -> int:
+  from embed_jax import tokenization  # pylint: disable=import-outside-toplevel
+  from embed_jax.data import pair_files, pipeline, sentencepiece_training  # pylint: disable=import-outside-toplevel
+  if args.input:
+    records = pair_files.read_pairs(args.input, pair_files.PairFields(args.x_field, args.y_field))
+    texts = records.x + records.y
+  else:
+    config = _config(args)
+    texts = []
+    for task, _ in pipeline.tasks_and_rates(config.task):
+      for ex in task.source.get_dataset(split=config.split, shuffle=False).as_numpy_iterator():
+        texts += [ex["x"].decode("utf-8"), ex["y"].decode("utf-8")]
+  path = sentencepiece_training.train_sentencepiece(
+      texts, args.output, vocab_size=args.vocab_size, model_type=args.model_type)
+  encoder = tokenization.TextEncoder(tokenization.SentencePieceTokenizer(path))
+  print(f"wrote {path} from {len(texts)} texts: {encoder.describe()}")
+  return 0
+
+
+def run(args: argparse.Namespace) -> int:
+  from embed_jax import tokenization  # pylint: disable=import-outside-toplevel
+  from embed_jax.data import pair_files  # pylint: disable=import-outside-toplevel
+  _configure(args)
+  try:
+    return {"show": _show, "stats": _stats, "train-vocab": _train_vocab}[args.action](args)
+  except (pair_files.BadInputError, tokenization.TokenizationError) as e:
+    print(f"embed-jax data {args.action}: error: {e}", file=sys.stderr)
+    return 1

@@ -1,0 +1,18 @@
+"""The data pipeline: seqio tasks of (x, y) pairs, vocabularies, resumable global batches.
+
+The only package of embed_jax that uses tensorflow (through seqio). Importing
+`embed_jax.data` imports nothing; the modules are:
+
+  stdlib_corpus      the built-in corpora from the local Python standard library (no tensorflow)
+  pair_files         reading JSONL / TSV pair files with errors that name file and line (no tensorflow)
+  sentencepiece_training  `train-vocab` and the built-in stdlib SentencePiece model (no tensorflow)
+  sources            seqio DataSource over pair files
+  vocabularies       seqio Vocabularies wrapping `embed_jax.tokenization`
+  preprocessors      batched tokenisation of x, y and negatives; truncation under seqio's trimming
+  feature_converter  fixed-length model features; truncation keeps the closing delimiter
+  tasks              registered tasks and mixtures; gin-configurable user-file tasks
+  order              deterministic, resumable order of examples over shards (no tensorflow)
+  pipeline           host-local batches of a task or mixture, with a JSON-serialisable state
+  batch_format       the batch contract with the train step; y_ids hashing (no tensorflow)
+  global_batches     host-local batches -> global `jax.Array`s sharded over the mesh (no tensorflow)
+"""

@@ -1,0 +1,124 @@
+"""seqio tasks and mixtures of (x, y) pairs: the built-in corpora and the user's files.
+
+Importing this module registers:
+
+  stdlib_code           (docstring paragraph, function source) from the local stdlib (cpt-code)
+  stdlib_text           neighbouring paragraphs of help topics and module docstrings (cpt-text)
+  stdlib_code_and_text  mixture of both, rates proportional to their sizes
+
+Every task has output features `x`, `y` and `negatives`, tokenised by
+`ConfiguredVocabulary` (gin's `text_encoder`), delimiters included. T5X-style
+use works too, e.g. `seqio.get_dataset(name, converter.task_feature_lengths(Lx,
+Ly), feature_converter=pipeline.feature_converter(task))`: given sequence
+lengths, the task truncates each text keeping its closing delimiter before
+seqio's own trimming could drop it.
+
+The user's files become tasks from gin, and mixtures likewise; each
+configurable registers (or replaces) the task when gin calls it and returns its
+name, so it can stand wherever a task name goes:
+
+    DataConfig.task = @my_pairs/file_task()
+    my_pairs/file_task.name = 'my_pairs'
+    my_pairs/file_task.train = '/data/pairs/train-*.jsonl'
+    my_pairs/file_task.x_field = 'query'
+    my_pairs/file_task.y_field = 'positive'
+
+    DataConfig.task = @mix/mixture()
+    mix/mixture.name = 'mine_and_stdlib'
+    mix/mixture.tasks = [(@my_pairs/file_task(), 3.0), ('stdlib_code', 1.0)]
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import gin
+import seqio
+import tensorflow as tf
+
+from embed_jax.data import pair_files, preprocessors, stdlib_corpus, vocabularies
+from embed_jax.data.sources import PairFileDataSource
+
+SPLITS = ("train", "validation", "test")
+
+
+def pair_output_features(x_vocabulary: seqio.Vocabulary | None = None,
+                         y_vocabulary: seqio.Vocabulary | None = None) -> dict[str, seqio.Feature]:
+  """Output features of a pair task; default vocabularies follow gin's `text_encoder`."""
+  x_vocabulary = x_vocabulary or vocabularies.ConfiguredVocabulary("x")
+  y_vocabulary = y_vocabulary or vocabularies.ConfiguredVocabulary("y")
+  return {
+      "x": seqio.Feature(x_vocabulary, add_eos=False, dtype=tf.int32),
+      "y": seqio.Feature(y_vocabulary, add_eos=False, dtype=tf.int32),
+      "negatives": seqio.Feature(y_vocabulary, add_eos=False, dtype=tf.int32, rank=2),
+  }
+
+
+def register_pair_task(name: str, source: seqio.DataSource,
+                       output_features: dict[str, seqio.Feature] | None = None) -> seqio.Task:
+  """Registers (replacing any task of that name) a task tokenising `source`'s pairs."""
+  if name in seqio.TaskRegistry.names():
+    seqio.TaskRegistry.remove(name)
+  return seqio.TaskRegistry.add(
+      name, source=source,
+      preprocessors=[preprocessors.tokenize_pairs, preprocessors.truncate_keeping_suffix],
+      output_features=output_features or pair_output_features())
+
+
+def register_mixture(name: str, tasks: Sequence[tuple[str, float] | str], default_rate=None) -> seqio.Mixture:
+  """Registers (replacing any mixture of that name) a seqio Mixture with rates."""
+  if name in seqio.MixtureRegistry.names():
+    seqio.MixtureRegistry.remove(name)
+  return seqio.MixtureRegistry.add(name, [tuple(t) if isinstance(t, list) else t for t in tasks],
+                                   default_rate=default_rate)
+
+
+@gin.configurable
+def file_task(name: str = gin.REQUIRED,
+              train: str | Sequence[str] | None = None,
+              validation: str | Sequence[str] | None = None,
+              test: str | Sequence[str] | None = None,
+              format: str | None = None,  # pylint: disable=redefined-builtin
+              x_field: str = "x",
+              y_field: str = "y",
+              negatives_field: str | Sequence[str] = ()) -> str:
+  """Registers a task reading the user's JSONL / TSV files; returns its name.
+
+  Args:
+    name: the task's name.
+    train, validation, test: path(s) or glob(s) of each split (at least one).
+    format: 'jsonl' | 'tsv'; None tells each file's format from its suffix.
+    x_field, y_field: JSON field / TSV column of the query (x) and positive (y).
+    negatives_field: field(s) or column(s) of hard negatives (JSONL: string or list).
+  """
+  splits = {s: p for s, p in (("train", train), ("validation", validation), ("test", test)) if p}
+  if not splits:
+    raise ValueError(f"file_task {name!r}: give files for at least one of train, validation, test")
+  negatives = (negatives_field,) if isinstance(negatives_field, str) else tuple(negatives_field)
+  fields = pair_files.PairFields(x=x_field, y=y_field, negatives=negatives)
+  register_pair_task(name, PairFileDataSource(splits, fields, format))
+  return name
+
+
+@gin.configurable
+def mixture(name: str = gin.REQUIRED, tasks: Sequence = gin.REQUIRED) -> str:
+  """Registers a mixture of tasks with rates, `[(task_name, rate), ...]`; returns its name."""
+  register_mixture(name, tasks)
+  return name
+
+
+def _stdlib_split(corpus: str, split: str) -> str:
+  return stdlib_corpus.corpus_file(corpus, split)
+
+
+def register_builtin_tasks() -> None:
+  """Registers stdlib_code, stdlib_text and their mixture (corpora extracted on first read)."""
+  for corpus in stdlib_corpus.CORPORA:
+    splits = {split: functools.partial(_stdlib_split, corpus, split) for split in SPLITS}
+    register_pair_task(corpus, PairFileDataSource(splits, skip_bad_examples=False))
+  register_mixture("stdlib_code_and_text", list(stdlib_corpus.CORPORA),
+                   default_rate=seqio.mixing_rate_num_examples)
+
+
+register_builtin_tasks()
