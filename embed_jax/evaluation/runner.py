@@ -46,10 +46,10 @@ def run_tasks(embed_for: Callable[[str], EmbedFn], task_names: Sequence[str], da
     result.update(kind=task.kind, headline=task.headline, seconds=round(time.time() - t0, 1))
     results[task.name] = result
     log.info("%s: %s", task.name, report.headline_scores(result))
-  if out_dir is not None:
-    info = {"date": datetime.date.today().isoformat(), "machine": platform.platform(),
-            "seconds": round(time.time() - started, 1), **(info or {})}
-    if limit is not None:
-      info["limit"] = limit
-    report.write_report(results, out_dir, info)
+    if out_dir is not None:  # After every task, so a long run keeps what it finished.
+      run_info = {"date": datetime.date.today().isoformat(), "machine": platform.platform(),
+                  "seconds": round(time.time() - started, 1), **(info or {})}
+      if limit is not None:
+        run_info["limit"] = limit
+      report.write_report(results, out_dir, run_info)
   return results

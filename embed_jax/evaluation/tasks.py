@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from jax.sharding import Mesh
 
+from embed_jax.data import stdlib_corpus  # TF-free; imported early to register its gin knobs
 from embed_jax.evaluation import formats, linear_probe, retrieval
 from embed_jax.evaluation.metrics import spearman
 from embed_jax.evaluation.retrieval import EmbedFn
@@ -126,7 +127,6 @@ def _retrieval(reader: Callable[[str], formats.RetrievalData], metrics: Sequence
 
 def _stdlib_code_data(data_dir: str) -> formats.RetrievalData:
   del data_dir  # Built in: extracted from the running interpreter's standard library.
-  from embed_jax.data import stdlib_corpus  # pylint: disable=import-outside-toplevel
   return formats.read_pair_jsonl_as_retrieval(stdlib_corpus.corpus_file("stdlib_code", "test"))
 
 

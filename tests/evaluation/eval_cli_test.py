@@ -79,7 +79,7 @@ def test_eval_probe_retrieval_and_code_search(tmp_path, tiny_model_dir, tiny_mod
   except pytest.skip.Exception:
     shared = None
   data_dir = _synthetic_data_dir(tmp_path / "data", shared)
-  names = ["mr", "toy"] + (["cosqa"] if shared else [])
+  names = ["mr", "toy", "stdlib_code"] + (["cosqa"] if shared else [])
   out = tmp_path / "out"
   assert _main(["eval", "--model", tiny_model_dir, "--tasks", ",".join(names), "--data_dir",
                     data_dir, "--out", str(out), "--batch_size", "256"]) == 0
@@ -89,6 +89,8 @@ def test_eval_probe_retrieval_and_code_search(tmp_path, tiny_model_dir, tiny_mod
   assert results["mr"]["accuracy"] > 0.8 and len(results["mr"]["c_per_fold"]) == 10
   assert set(results["toy"]["model"]) == set(tasks.BEIR_METRICS)
   assert results["toy"]["bm25"]["mrr@10"] > 0.9  # each query shares its topic word with its doc
+  assert set(results["stdlib_code"]["model"]) == set(tasks.CODE_METRICS)
+  assert results["stdlib_code"]["num_queries"] > 100
   report = (out / "report.md").read_text()
   assert "| mr | probe | model |" in report and "| toy | retrieval | bm25 |" in report
   for plot in ("scores.png", "recall_at_k.png"):
