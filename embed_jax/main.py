@@ -20,6 +20,8 @@ from embed_jax import gin_config
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "config": ("embed_jax.cli.config", "print the gin config that the given files and overrides produce"),
     "data": ("embed_jax.cli.data", "show, measure or train a vocabulary for a data task"),
+    "eval": ("embed_jax.cli.eval", "score a model on probe, STS, retrieval and code-search tasks"),
+    "search": ("embed_jax.cli.search", "exact top-k search of a corpus file, sharded over devices"),
 }
 
 

@@ -20,7 +20,9 @@ import pytest  # pylint: disable=wrong-import-position
 jax.config.update("jax_default_matmul_precision", "highest")
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_DATASETS = os.path.join(os.path.dirname(REPO_ROOT), "shared", "datasets")
+# ../shared/datasets beside the checkout; $EMBED_JAX_SHARED_DATASETS points elsewhere (e.g. from a worktree).
+SHARED_DATASETS = os.environ.get("EMBED_JAX_SHARED_DATASETS") or os.path.join(
+    os.path.dirname(REPO_ROOT), "shared", "datasets")
 
 
 @pytest.fixture(autouse=True)

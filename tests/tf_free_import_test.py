@@ -31,6 +31,16 @@ REQUIRED = [
     "embed_jax.losses",
     "embed_jax.checkpoints.hf_files",
     "embed_jax.checkpoints.hf_params",
+    "embed_jax.evaluation.metrics",
+    "embed_jax.evaluation.search",
+    "embed_jax.evaluation.formats",
+    "embed_jax.evaluation.linear_probe",
+    "embed_jax.evaluation.retrieval",
+    "embed_jax.evaluation.tasks",
+    "embed_jax.evaluation.report",
+    "embed_jax.evaluation.runner",
+    "embed_jax.cli.eval",
+    "embed_jax.cli.search",
 ]
 # Checked once they exist (other issues add them).
 WHEN_PRESENT = [

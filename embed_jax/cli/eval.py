@@ -1,0 +1,57 @@
+"""`embed-jax eval`: score a model directory on the paper's evaluation tasks.
+
+    embed-jax eval --model DIR --tasks stsb,scifact,cosqa --data_dir ../shared/datasets --out DIR
+
+Tasks: mr cr subj mpqa sst2 trec mrpc (linear probes), stsb (Spearman),
+cosqa stdlib_code (code search), or the name of any BEIR-format folder under
+--data_dir (e.g. scifact). Writes results.json (keyed by task), report.md and
+PNG plots into --out; retrieval tasks also report a BM25 baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from embed_jax import gin_config
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--model", required=True, help="model directory (from convert or train)")
+  parser.add_argument("--tasks", required=True, help="comma-separated task names")
+  parser.add_argument("--data_dir", default="../shared/datasets",
+                      help="folder holding senteval/, stsb/, cosqa/ and BEIR folders")
+  parser.add_argument("--out", required=True, help="folder for results.json, report.md and plots")
+  parser.add_argument("--batch_size", type=int, default=128, help="texts per embedding step")
+  parser.add_argument("--max_length", type=int, default=None,
+                      help="tokens per text, delimiters included (default: the model's)")
+  parser.add_argument("--limit", type=int, default=None,
+                      help="smoke runs: at most this many examples per split (queries for retrieval)")
+
+
+def run(args: argparse.Namespace) -> int:
+  from embed_jax import partitioning  # pylint: disable=import-outside-toplevel
+  from embed_jax.checkpoints import model_dir  # pylint: disable=import-outside-toplevel
+  from embed_jax.evaluation import formats, report, runner, tasks  # pylint: disable=import-outside-toplevel
+  from embed_jax.main import CommandLineError  # pylint: disable=import-outside-toplevel
+  logging.basicConfig(level=logging.INFO, format="%(message)s")
+  gin_config.parse(args.gin_files, args.gin_bindings)
+  names = [t.strip() for t in args.tasks.split(",") if t.strip()]
+  if not names:
+    raise CommandLineError("--tasks is empty")
+  try:
+    for name in names:
+      tasks.get_task(name, args.data_dir)
+  except ValueError as e:
+    raise CommandLineError(str(e)) from None
+  mesh = partitioning.create_mesh()
+  try:
+    model = model_dir.load_model(args.model, mesh)
+    embed_for = runner.model_embed_fn(model, mesh, args.batch_size, args.max_length)
+    results = runner.run_tasks(embed_for, names, args.data_dir, args.out, mesh, args.limit,
+                               info={"model": str(model.directory), "max_length": args.max_length})
+  except (formats.DataFormatError, model_dir.ModelDirError) as e:
+    raise CommandLineError(str(e)) from None
+  print(report.markdown_table(results))
+  print(f"wrote {args.out}/results.json, report.md and plots")
+  return 0
