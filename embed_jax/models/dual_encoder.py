@@ -143,11 +143,33 @@ class DualEncoder(nn.Module):
     layers.check_choice("side", side, SIDES)
     eos_id = cfg.closing_id(side) if cfg.pooling == "eos" else None
     hidden = self.encoder(tokens, mask, positions=positions, deterministic=deterministic)
-    pooled = pooling.pool(hidden, tokens, mask, cfg.pooling, eos_id=eos_id)
-    if cfg.projection_dim is not None:
+    return self._finish(pooling.pool(hidden, tokens, mask, cfg.pooling, eos_id=eos_id))
+
+  def embed_packed(
+      self,
+      tokens: jax.Array,
+      segment_ids: jax.Array,
+      text_of_token: jax.Array,
+      pool_index: jax.Array,
+      *,
+      deterministic: bool = True,
+  ) -> jax.Array:
+    """Embeds N texts packed into R rows (`embed_jax.data.packing`): float32 [N, d].
+
+    tokens, segment_ids, text_of_token: [R, L]; pool_index: [N]. Equals `embed`
+    on the unpacked texts: attention and positions stay inside each segment,
+    and the side's delimiters (hence its eos position) are in `pool_index`.
+    """
+    hidden = self.encoder(tokens, segment_ids > 0, segment_ids=segment_ids,
+                          deterministic=deterministic)
+    return self._finish(pooling.pool_packed(hidden, pool_index, text_of_token, self.config.pooling))
+
+  def _finish(self, pooled: jax.Array) -> jax.Array:
+    """Projection (if any), float32 and L2 normalisation (if on) of pooled [N, D]."""
+    if self.config.projection_dim is not None:
       pooled = self.projection(pooled)
     pooled = pooled.astype(jnp.float32)
-    return l2_normalize(pooled) if cfg.normalize else pooled
+    return l2_normalize(pooled) if self.config.normalize else pooled
 
   def log_temperature(self) -> jax.Array:
     """The learnable log-temperature, clamped to at most log(max_logit_scale): float32 []."""

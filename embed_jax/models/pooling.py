@@ -94,6 +94,31 @@ def pool(
   raise ValueError(f"unknown pooling {method!r}; expected one of {POOLINGS}")
 
 
+def pool_packed(hidden: jax.Array, pool_index: jax.Array, text_of_token: jax.Array,
+                method: str) -> jax.Array:
+  """Pools packed rows (see `embed_jax.data.packing`) to one vector per text: [N, D].
+
+  Args:
+    hidden: [R, L, D] hidden states of R packed rows.
+    pool_index: int [N], flat index (row * L + column) of each text's pooled
+      token (eos, last, cls); unused for mean.
+    text_of_token: int [R, L], the text (0..N-1) each token belongs to, N for
+      padding; used for mean.
+    method: one of `POOLINGS`.
+  """
+  flat = hidden.reshape(-1, hidden.shape[-1])
+  num_texts = pool_index.shape[0]
+  if method in ("eos", "last", "cls"):
+    return jnp.take(flat, pool_index, axis=0)
+  if method == "mean":
+    owner = text_of_token.reshape(-1)
+    total = jax.ops.segment_sum(flat.astype(jnp.float32), owner, num_segments=num_texts + 1)
+    count = jax.ops.segment_sum(jnp.ones_like(owner, jnp.float32), owner,
+                                num_segments=num_texts + 1)
+    return (total[:num_texts] / jnp.maximum(count[:num_texts, None], 1.0)).astype(hidden.dtype)
+  raise ValueError(f"unknown pooling {method!r}; expected one of {POOLINGS}")
+
+
 def check_token_present(tokens: np.ndarray, mask: np.ndarray, token_id: int, what: str) -> None:
   """Host-side check that every row has `token_id` among its real tokens.
 
