@@ -20,6 +20,8 @@ from embed_jax import gin_config
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "config": ("embed_jax.cli.config", "print the gin config that the given files and overrides produce"),
     "data": ("embed_jax.cli.data", "show, measure or train a vocabulary for a data task"),
+    "convert": ("embed_jax.cli.convert", "import a Hugging Face / sentence-transformers folder or "
+                ".gguf file into a model directory"),
 }
 
 
@@ -100,4 +102,7 @@ def console_main() -> None:
 
 
 if __name__ == "__main__":
-  console_main()
+  # Run the imported module's copy, so that subcommands raising
+  # embed_jax.main.CommandLineError are caught by the same class.
+  from embed_jax.main import console_main as _console_main  # pylint: disable=import-self
+  _console_main()

