@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "data": ("embed_jax.cli.data", "show, measure or train a vocabulary for a data task"),
     "convert": ("embed_jax.cli.convert", "import a Hugging Face / sentence-transformers folder or "
                 ".gguf file into a model directory"),
+    "embed": ("embed_jax.cli.embed", "embed the lines of a text or JSONL file with a model directory"),
 }
 
 
