@@ -23,6 +23,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("embed_jax.cli.convert", "import a Hugging Face / sentence-transformers folder or "
                 ".gguf file into a model directory"),
     "embed": ("embed_jax.cli.embed", "embed the lines of a text or JSONL file with a model directory"),
+    "export": ("embed_jax.cli.export", "write a model directory as sentence-transformers folder(s)"),
 }
 
 
