@@ -31,6 +31,12 @@ REQUIRED = [
     "embed_jax.losses",
     "embed_jax.checkpoints.hf_files",
     "embed_jax.checkpoints.hf_params",
+    "embed_jax.checkpoints.gguf_file",
+    "embed_jax.checkpoints.convert",
+    "embed_jax.checkpoints.export_st",
+    "embed_jax.cli.convert",
+    "embed_jax.cli.embed",
+    "embed_jax.cli.export",
 ]
 # Checked once they exist (other issues add them).
 WHEN_PRESENT = [
