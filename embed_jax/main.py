@@ -20,7 +20,11 @@ from embed_jax import gin_config
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "config": ("embed_jax.cli.config", "print the gin config that the given files and overrides produce"),
     "data": ("embed_jax.cli.data", "show, measure or train a vocabulary for a data task"),
+    "convert": ("embed_jax.cli.convert", "import a Hugging Face / sentence-transformers folder or "
+                ".gguf file into a model directory"),
+    "embed": ("embed_jax.cli.embed", "embed the lines of a text or JSONL file with a model directory"),
     "eval": ("embed_jax.cli.eval", "score a model on probe, STS, retrieval and code-search tasks"),
+    "export": ("embed_jax.cli.export", "write a model directory as sentence-transformers folder(s)"),
     "search": ("embed_jax.cli.search", "exact top-k search of a corpus file, sharded over devices"),
 }
 
@@ -102,4 +106,7 @@ def console_main() -> None:
 
 
 if __name__ == "__main__":
-  console_main()
+  # Run the imported module's copy, so that subcommands raising
+  # embed_jax.main.CommandLineError are caught by the same class.
+  from embed_jax.main import console_main as _console_main  # pylint: disable=import-self
+  _console_main()

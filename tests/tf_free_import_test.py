@@ -41,6 +41,12 @@ REQUIRED = [
     "embed_jax.evaluation.runner",
     "embed_jax.cli.eval",
     "embed_jax.cli.search",
+    "embed_jax.checkpoints.gguf_file",
+    "embed_jax.checkpoints.convert",
+    "embed_jax.checkpoints.export_st",
+    "embed_jax.cli.convert",
+    "embed_jax.cli.embed",
+    "embed_jax.cli.export",
 ]
 # Checked once they exist (other issues add them).
 WHEN_PRESENT = [

@@ -197,3 +197,67 @@ def config_from_hf(hf_config: Mapping[str, Any], **overrides: Any) -> EncoderCon
   except KeyError as e:
     raise HFConversionError(f"{model_type} config lacks the field {e.args[0]!r}") from e
   return dataclasses.replace(config, **overrides) if overrides else config
+
+
+# Our activation names -> the transformers name that maps back to them.
+_HF_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu"}
+# Fields that do not change what the encoder computes; carried over on the round-trip check.
+_RUNTIME_FIELDS = ("dropout_rate", "attention_dropout_rate", "init_std", "dtype", "param_dtype",
+                   "remat_policy", "scan_layers", "attention_impl")
+
+
+def _decoder_to_hf(cfg: DecoderConfig) -> dict[str, Any]:
+  activation = _HF_ACTIVATIONS.get(cfg.mlp_activation, cfg.mlp_activation)
+  if cfg.position_embedding == "learned":
+    return {"model_type": "gpt2", "architectures": ["GPT2Model"], "vocab_size": cfg.vocab_size,
+            "n_embd": cfg.d_model, "n_layer": cfg.num_layers, "n_head": cfg.num_heads,
+            "n_inner": cfg.ff_size, "n_positions": cfg.max_length, "layer_norm_epsilon": cfg.norm_eps,
+            "activation_function": activation}
+  model_type = ("mistral" if cfg.sliding_window is not None
+                else "qwen2" if cfg.qkv_bias and not cfg.out_bias else "llama")
+  hf = {"model_type": model_type,
+        "architectures": [f"{model_type.capitalize()}Model"], "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.d_model, "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads, "num_key_value_heads": cfg.kv_heads,
+        "head_dim": cfg.head_size, "intermediate_size": cfg.ff_size,
+        "max_position_embeddings": cfg.max_length, "rope_theta": cfg.rope_theta,
+        "rms_norm_eps": cfg.norm_eps, "hidden_act": activation, "tie_word_embeddings": False}
+  if model_type == "llama":
+    hf.update(attention_bias=cfg.qkv_bias, mlp_bias=cfg.mlp_bias)
+  elif model_type == "mistral":
+    hf["sliding_window"] = cfg.sliding_window
+  return hf
+
+
+def config_to_hf(config: EncoderConfig) -> dict[str, Any]:
+  """A `transformers` config dict (config.json) for our encoder config: the inverse of `config_from_hf`.
+
+  Raises:
+    HFConversionError: when no supported `transformers` model computes what
+      `config` does (e.g. a bidirectional decoder), naming the differing fields.
+  """
+  if isinstance(config, BertConfig):
+    hf = {"model_type": "bert", "architectures": ["BertModel"], "vocab_size": config.vocab_size,
+          "hidden_size": config.d_model, "num_hidden_layers": config.num_layers,
+          "num_attention_heads": config.num_heads, "intermediate_size": config.d_ff,
+          "max_position_embeddings": config.max_length, "type_vocab_size": config.type_vocab_size,
+          "layer_norm_eps": config.norm_eps,
+          "hidden_act": _HF_ACTIVATIONS.get(config.mlp_activation, config.mlp_activation)}
+  elif isinstance(config, DecoderConfig):
+    hf = _decoder_to_hf(config)
+  else:
+    raise TypeError(f"no transformers config for {type(config).__name__}")
+  try:
+    back = config_from_hf(hf, **{f: getattr(config, f) for f in _RUNTIME_FIELDS})
+  except HFConversionError as e:
+    raise HFConversionError(f"the encoder cannot be written as a {hf['model_type']} config: {e}") from e
+  resolved = lambda c: dataclasses.replace(  # noqa: E731  (None = derived from other fields)
+      c, num_kv_heads=c.kv_heads, head_dim=c.head_size, d_ff=c.ff_size) if isinstance(
+          c, DecoderConfig) else c
+  ours, back = resolved(config), resolved(back)
+  differing = [f.name for f in dataclasses.fields(ours) if getattr(back, f.name) != getattr(ours, f.name)]
+  if differing:
+    raise HFConversionError(
+        f"no transformers {hf['model_type']} model computes this encoder; it differs in "
+        + ", ".join(f"{f}={getattr(ours, f)!r}" for f in differing))
+  return hf

@@ -15,7 +15,7 @@ from typing import Any
 
 import jax
 import numpy as np
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from embed_jax.checkpoints.hf_config import EncoderConfig, HFConversionError, config_from_hf
 from embed_jax.checkpoints.hf_params import params_from_hf
@@ -45,11 +45,15 @@ class SafetensorsTensors(Mapping):
   def __init__(self, files: list[Path]):
     self._file_of: dict[str, Path] = {}
     for path in files:
-      with safe_open(str(path), framework="numpy") as f:
-        for name in f.keys():
-          if name in self._file_of:
-            raise HFConversionError(f"tensor {name!r} is in both {self._file_of[name]} and {path}")
-          self._file_of[name] = path
+      try:
+        with safe_open(str(path), framework="numpy") as f:
+          names = list(f.keys())
+      except SafetensorError as e:
+        raise HFConversionError(f"{path}: damaged or truncated safetensors file ({e})") from e
+      for name in names:
+        if name in self._file_of:
+          raise HFConversionError(f"tensor {name!r} is in both {self._file_of[name]} and {path}")
+        self._file_of[name] = path
 
   def __getitem__(self, name: str) -> np.ndarray:
     path = self._file_of[name]
@@ -59,6 +63,8 @@ class SafetensorsTensors(Mapping):
     except TypeError:  # numpy does not know the dtype (e.g. bfloat16)
       with jax.default_device(jax.devices("cpu")[0]), safe_open(str(path), framework="flax") as f:
         return np.asarray(f.get_tensor(name))
+    except SafetensorError as e:
+      raise HFConversionError(f"{path}: tensor {name!r} cannot be read ({e})") from e
 
   def __iter__(self) -> Iterator[str]:
     return iter(self._file_of)

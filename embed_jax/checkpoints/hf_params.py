@@ -21,7 +21,7 @@ import numpy as np
 
 from embed_jax.checkpoints.hf_config import EncoderConfig, HFConversionError
 from embed_jax.models.bert import BertConfig
-from embed_jax.models.stack import stack_layer_params
+from embed_jax.models.stack import stack_layer_params, unstack_layer_params
 from embed_jax.models.transformer import DecoderConfig
 
 # Tensors a `transformers` checkpoint may hold that the encoder does not use.
@@ -232,3 +232,34 @@ def params_from_hf(config: EncoderConfig, tensors: Mapping[str, Any]) -> dict[st
   if config.scan_layers:
     params = stack_layer_params(params, config.num_layers)
   return params
+
+
+def params_to_hf(config: EncoderConfig, params: dict[str, Any]) -> dict[str, np.ndarray]:
+  """`transformers` tensors (base-model names, float32) from our encoder params: the inverse of
+  `params_from_hf`.
+
+  Uses the same name tables: each conversion only reshapes, transposes or
+  slices, so pushing the element indices of the HF tensor through it tells
+  where every element of our param goes back to.
+  """
+  if config.scan_layers:
+    params = unstack_layer_params(params, config.num_layers)
+  layout_hint = {"wte.weight": None} if (
+      isinstance(config, DecoderConfig) and config.position_embedding == "learned") else {}
+  tensors: dict[str, np.ndarray] = {}
+  filled: dict[str, np.ndarray] = {}
+  for path, source in _sources(config, layout_hint).items():
+    node = params
+    for key in path.split("/"):
+      node = node[key]
+    value = np.asarray(node, np.float32)
+    index = source.convert(np.arange(int(np.prod(source.shape))).reshape(source.shape))
+    if index.shape != value.shape:
+      raise HFConversionError(f"param {path} has shape {value.shape}, expected {index.shape}")
+    out = tensors.setdefault(source.name, np.zeros(source.shape, np.float32))
+    out.reshape(-1)[index.reshape(-1)] = value.reshape(-1)
+    filled.setdefault(source.name, np.zeros(source.shape, bool)).reshape(-1)[index.reshape(-1)] = True
+  for name, done in filled.items():
+    if not done.all():  # a mapping bug, never bad input
+      raise AssertionError(f"tensor {name}: {int((~done).sum())} elements have no param")
+  return tensors

@@ -1,0 +1,34 @@
+"""`embed-jax export`: a model directory -> sentence-transformers folder(s).
+
+    embed-jax export --model DIR --out OUT [--side x|y|both] [--max_length N]
+
+With `--side both` (the default) and sides whose delimiters differ, writes
+OUT/x and OUT/y (load the one for the side you embed: e.g. queries with x,
+documents with y); otherwise one folder OUT. See
+`embed_jax.checkpoints.export_st`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from embed_jax.main import CommandLineError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--model", required=True, help="a model directory")
+  parser.add_argument("--out", required=True, help="the folder to write")
+  parser.add_argument("--side", choices=("x", "y", "both"), default="both")
+  parser.add_argument("--max_length", type=int, help="max_seq_length of the export")
+
+
+def run(args: argparse.Namespace) -> int:
+  from embed_jax.checkpoints import export_st, model_dir  # pylint: disable=import-outside-toplevel
+  from embed_jax.checkpoints.hf_config import HFConversionError  # pylint: disable=import-outside-toplevel
+  try:
+    folders = export_st.export(args.model, args.out, side=args.side, max_length=args.max_length)
+  except (HFConversionError, model_dir.ModelDirError) as e:
+    raise CommandLineError(str(e)) from None
+  for folder in folders:
+    print(f"wrote {folder}: load with sentence_transformers.SentenceTransformer({str(folder)!r})")
+  return 0
