@@ -30,6 +30,33 @@ from embed_jax.checkpoints.hf_config import config_to_hf
 from embed_jax.checkpoints.hf_params import params_to_hf
 
 ST_POOLING = {"eos": "lasttoken", "last": "lasttoken", "mean": "mean", "cls": "cls"}
+# Probe texts whose ids the exported tokenizer must reproduce exactly.
+PROBE_TEXTS = ("", "Hello, world!", "def add(a, b):\n    return a + b  # sum")
+
+
+class ExportError(ValueError):
+  """The export would not embed as the model does (named cause)."""
+
+
+def _check_reloaded_tokenizer(folder: Path, loaded: model_dir.LoadedModel, side: str,
+                              max_length: int) -> None:
+  """Reloads `folder`'s tokenizer as sentence-transformers will and compares ids on PROBE_TEXTS.
+
+  transformers picks the tokenizer class from config.json's model type for some
+  families (e.g. qwen2) and rebuilds it, dropping the side's template; this
+  turns that silent change into an error.
+  """
+  from transformers import AutoTokenizer  # pylint: disable=import-outside-toplevel
+  reloaded = AutoTokenizer.from_pretrained(str(folder))
+  expected, _ = loaded.text_encoder.encode_ids(list(PROBE_TEXTS), side, max_length)
+  for text, ids in zip(PROBE_TEXTS, expected):
+    got = reloaded(text)["input_ids"]
+    if list(got) != list(ids):
+      raise ExportError(
+          f"exporting side {side}: transformers reloads the exported tokenizer as "
+          f"{type(reloaded).__name__} (model type {config_to_hf(loaded.config.encoder)['model_type']!r}), "
+          f"which tokenises {text!r} as {list(got)} instead of {list(ids)}; sentence-transformers "
+          "would embed differently from this model, so nothing was written")
 
 
 def _side_tokenizer(loaded: model_dir.LoadedModel, side: str, max_length: int):
@@ -122,5 +149,6 @@ def export(model: str | Path, out: str | Path, *, side: str = "both",
       raise model_dir.ModelDirError(f"{folder} exists and is not empty")
     with tempfile.TemporaryDirectory() as tmp:
       _write_hf_folder(Path(tmp), loaded, target_side, max_length)
+      _check_reloaded_tokenizer(Path(tmp), loaded, target_side, max_length)
       _sentence_transformer(Path(tmp), loaded, max_length).save(str(folder))
   return list(targets.values())

@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
   from embed_jax.checkpoints.hf_config import HFConversionError  # pylint: disable=import-outside-toplevel
   try:
     folders = export_st.export(args.model, args.out, side=args.side, max_length=args.max_length)
-  except (HFConversionError, model_dir.ModelDirError) as e:
+  except (HFConversionError, model_dir.ModelDirError, export_st.ExportError) as e:
     raise CommandLineError(str(e)) from None
   for folder in folders:
     print(f"wrote {folder}: load with sentence_transformers.SentenceTransformer({str(folder)!r})")

@@ -56,10 +56,6 @@ def _check_export(folders, loaded, sides):
     assert np.min(np.sum(ours * theirs, axis=-1)) >= 0.9999
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open: transformers 5's AutoTokenizer rebuilds the tokenizer of a qwen2/llama/gpt2 config "
-    "from its model type (Qwen2Tokenizer: byte-level BPE) instead of loading the exported "
-    "tokenizer.json (here WordPiece), so the ids differ; TokenizersBackend loads it right"))
 def test_decoder_with_eos_pooling_projection_and_added_delimiters(minilm_tokenizer_json, tmp_path):
   """x is wrapped in tokens the vocabulary lacks, y in `{ }`: two exports, one per side."""
   pytest.importorskip("sentence_transformers")
@@ -68,7 +64,7 @@ def test_decoder_with_eos_pooling_projection_and_added_delimiters(minilm_tokeniz
   assert encoder.added_tokens  # ids after the vocabulary
   config = DualEncoderConfig(
       encoder=DecoderConfig(vocab_size=encoder.vocab_size, d_model=16, num_layers=2, num_heads=2,
-                            max_length=64, init_std=0.5, **LLAMA),
+                            max_length=64, init_std=0.5, **{**LLAMA, "qkv_bias": False}),
       x_delimiter_ids=encoder.delimiter_ids("x"), y_delimiter_ids=encoder.delimiter_ids("y"),
       projection_dim=8)
   _, params = init_dual_encoder(config, jax.random.key(0))
@@ -77,6 +73,21 @@ def test_decoder_with_eos_pooling_projection_and_added_delimiters(minilm_tokeniz
   assert main.main(["export", "--model", str(saved), "--out", str(tmp_path / "st")]) == 0
   loaded = model_dir.load_model(saved)
   _check_export([tmp_path / "st" / "x", tmp_path / "st" / "y"], loaded, ["x", "y"])
+
+
+def test_export_that_would_tokenise_differently_is_refused(minilm_tokenizer_json, tmp_path):
+  """transformers rebuilds a qwen2 model's tokenizer from its class, dropping our template."""
+  pytest.importorskip("sentence_transformers")
+  encoder = text_encoder(tokenizer_json=minilm_tokenizer_json)
+  config = DualEncoderConfig(
+      encoder=DecoderConfig(vocab_size=encoder.vocab_size, d_model=8, num_layers=1, num_heads=1,
+                            max_length=32, qkv_bias=True, **LLAMA),
+      x_delimiter_ids=encoder.delimiter_ids("x"), y_delimiter_ids=encoder.delimiter_ids("y"))
+  _, params = init_dual_encoder(config, jax.random.key(0))
+  saved = model_dir.save_model(tmp_path / "model", config, params, tokenizer_path=minilm_tokenizer_json)
+  with pytest.raises(main.CommandLineError, match="Qwen2Tokenizer.*tokenises"):
+    main.main(["export", "--model", str(saved), "--out", str(tmp_path / "st")])
+  assert not (tmp_path / "st").exists()
 
 
 def test_minilm_mean_pooling_exports_to_one_folder(converted_minilm, tmp_path):
