@@ -31,6 +31,9 @@ REQUIRED = [
     "embed_jax.losses",
     "embed_jax.checkpoints.hf_files",
     "embed_jax.checkpoints.hf_params",
+    "embed_jax.train.optimizer",
+    "embed_jax.train.state",
+    "embed_jax.train.step",
 ]
 # Checked once they exist (other issues add them).
 WHEN_PRESENT = [
