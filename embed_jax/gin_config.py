@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.resources
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -66,6 +67,14 @@ def _binding_value_is_plain_text(binding: str) -> bool:
     return True
 
 
+class _QuietSearchMisses(logging.Filter):
+  """Drops gin's "Path not found" log lines: it tries each search path for an include, and
+  a miss in all of them is raised as an error anyway."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Path not found:")
+
+
 def parse(gin_files: Sequence[str] = (), bindings: Sequence[str] = (), *, finalize: bool = True) -> None:
   """Applies gin files, then bindings (`NAME=VALUE` strings), to the global gin config.
 
@@ -78,12 +87,17 @@ def parse(gin_files: Sequence[str] = (), bindings: Sequence[str] = (), *, finali
   for path in search_paths():
     if path.is_dir():
       gin.add_config_file_search_path(str(path))
-  for name in gin_files:
-    path = resolve_gin_file(name)
-    try:
-      gin.parse_config_file(str(path), skip_unknown=False)
-    except (ValueError, SyntaxError, ImportError) as e:
-      raise GinConfigError(f"in gin file {path}: {e}") from e
+  quiet = _QuietSearchMisses()
+  logging.getLogger().addFilter(quiet)
+  try:
+    for name in gin_files:
+      path = resolve_gin_file(name)
+      try:
+        gin.parse_config_file(str(path), skip_unknown=False)
+      except (ValueError, SyntaxError, ImportError, OSError) as e:
+        raise GinConfigError(f"in gin file {path}: {e}") from e
+  finally:
+    logging.getLogger().removeFilter(quiet)
   for binding in bindings:
     if "=" not in binding:
       raise GinConfigError(f"--gin.{binding}: expected --gin.NAME=VALUE")

@@ -43,3 +43,15 @@ def test_files_then_overrides(tmp_path):
   gin_config.parse([str(config)], ["create_mesh.fsdp = -1"])
   mesh = partitioning.create_mesh()
   assert dict(mesh.shape) == {"data": 2, "fsdp": 4, "tensor": 1}
+
+
+def test_includes_resolve_in_configs_quietly_and_a_missing_one_is_named(tmp_path, caplog):
+  good = tmp_path / "good.gin"
+  good.write_text("include 'models/tiny.gin'\n")
+  gin_config.parse([str(good)])
+  assert not [r for r in caplog.records if r.levelname == "ERROR"]
+  gin.clear_config()
+  bad = tmp_path / "bad.gin"
+  bad.write_text("include 'models/no_such.gin'\n")
+  with pytest.raises(gin_config.GinConfigError, match=r"bad.gin.*models/no_such.gin"):
+    gin_config.parse([str(bad)])

@@ -38,15 +38,6 @@ def raw_minilm(minilm_path):
   return tok
 
 
-@pytest.fixture(scope="module")
-def sentencepiece_path(tmp_path_factory):
-  import pydoc_data.topics  # pylint: disable=import-outside-toplevel
-  from embed_jax.data import sentencepiece_training  # pylint: disable=import-outside-toplevel
-  texts = [p for text in pydoc_data.topics.topics.values() for p in text.split("\n\n") if p.strip()]
-  return sentencepiece_training.train_sentencepiece(
-      texts, str(tmp_path_factory.mktemp("vocab") / "topics.model"), vocab_size=1000)
-
-
 def test_bert_template_matches_the_tokenizers_own_post_processor(minilm_path, raw_minilm):
   encoder = tokenization.TextEncoder(
       tokenization.HuggingFaceTokenizer(minilm_path),
