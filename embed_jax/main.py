@@ -20,6 +20,7 @@ from embed_jax import gin_config
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "config": ("embed_jax.cli.config", "print the gin config that the given files and overrides produce"),
     "data": ("embed_jax.cli.data", "show, measure or train a vocabulary for a data task"),
+    "train": ("embed_jax.cli.train", "train an embedding model (resumes from --model_dir)"),
 }
 
 

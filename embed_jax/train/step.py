@@ -239,8 +239,13 @@ class TrainStep:
       return jitted.lower(abstract_state, batch).compile()
 
 
-def describe_compiled(compiled: Any, pairs_per_step: int) -> str:
-  """Lines naming the compiled step's memory per device and its FLOPs per step (from XLA)."""
+def describe_compiled(compiled: Any, pairs_per_step: int, num_devices: int) -> str:
+  """Lines naming the compiled step's memory per device and its FLOPs per step (from XLA).
+
+  XLA's cost analysis counts the partitioned program of one device; the step's
+  total is that times `num_devices` (replicated work, e.g. the loss on the
+  'tensor' axis, is counted on each device).
+  """
   lines = []
   memory = compiled.memory_analysis()
   if memory is not None:
@@ -252,9 +257,9 @@ def describe_compiled(compiled: Any, pairs_per_step: int) -> str:
         f"aliased {memory.alias_size_in_bytes * gib:.3f} GiB, "
         f"temporaries {memory.temp_size_in_bytes * gib:.3f} GiB, "
         f"code {memory.generated_code_size_in_bytes * gib:.3f} GiB")
-  flops = compiled_flops(compiled)
+  flops = compiled_flops(compiled) * num_devices
   if flops:
-    lines.append(f"model FLOPs per step (XLA cost analysis, per device x devices): {flops:.4g} "
+    lines.append(f"FLOPs per step (XLA cost analysis x {num_devices} devices): {flops:.4g} "
                  f"({flops / max(pairs_per_step, 1):.4g} per pair)")
   return "\n".join(lines)
 
