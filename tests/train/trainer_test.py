@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -39,13 +40,15 @@ def _bindings(tokenizer_json):
       "train.keep=3", "train.log_every=1", "train.eval_code_search=False", "train.progress=False",
       "train.tensorboard=False",
       "SyntheticPairs.batch_size=16", "SyntheticPairs.x_length=16", "SyntheticPairs.y_length=16",
-      "SyntheticPairs.num_negatives=1", "StepConfig.grad_cache_chunks=2",
+      "SyntheticPairs.num_negatives=1",
       "StepConfig.loss_impl='reference'",
       "learning_rate_schedule.learning_rate=3e-3", "learning_rate_schedule.warmup_steps=4",
   ]
 
 
 GIN_FILES = ["models/tiny.gin", "data/vocab_minilm.gin"]
+# Restarted runs compile the same programs again: a cache shared by this file's subprocesses.
+COMPILATION_CACHE = tempfile.mkdtemp(prefix="embed_jax_train_test_xla_cache_")
 
 
 def _train_in_process(model_dir, tokenizer_json, extra=()):
@@ -86,9 +89,13 @@ def _assert_same_run(dir_a, dir_b, atol=1e-6):
 
 
 def _env(devices):
+  """The subprocesses' environment: `devices` fake CPU devices, one shared compilation cache."""
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             JAX_DEFAULT_MATMUL_PRECISION="highest", PYTHONPATH=REPO_ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+             JAX_DEFAULT_MATMUL_PRECISION="highest", PYTHONPATH=REPO_ROOT, TF_CPP_MIN_LOG_LEVEL="3",
+             JAX_COMPILATION_CACHE_DIR=COMPILATION_CACHE,
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
   return env
 
 
