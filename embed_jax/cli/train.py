@@ -57,4 +57,18 @@ def run(args: argparse.Namespace) -> int:
     shown = ", ".join(f"{k}={v:.4f}" for k, v in summary["final_eval"].items())
     print(f"final evaluation at step {summary['step']}: {shown}")
   print(f"final model: {summary['final_model']}")
+  table = _code_search_table(summary)
+  if table:
+    print(table)
   return 0
+
+
+def _code_search_table(summary: dict) -> str:
+  """Held-out stdlib_code MRR@10 before/after training and BM25's, as far as the run measured them."""
+  from embed_jax.train import eval_hook  # pylint: disable=import-outside-toplevel
+  key = eval_hook.MRR_KEY
+  rows = [(label, summary[name][key]) for label, name in (
+      ("before training (step 0)", "initial_eval"),
+      (f"after training (step {summary['step']})", "final_eval"),
+      ("BM25 (bm25s)", "bm25_eval")) if key in (summary.get(name) or {})]
+  return eval_hook.mrr_table(rows, "stdlib_code test split, docstring -> function") if rows else ""

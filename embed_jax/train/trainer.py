@@ -113,6 +113,8 @@ def train(
     async_checkpoints: bool = True,
     log_every: int = 10,
     eval_every: int = 0,
+    eval_at_start: bool = False,
+    compare_bm25: bool = False,
     eval_code_search: bool = True,
     eval_validation_batches: int = 4,
     eval_max_examples: int | None = None,
@@ -135,6 +137,8 @@ def train(
     keep: checkpoints kept.
     log_every: metrics written every N steps.
     eval_every: run the evaluation hook every N steps (0 = only at the end).
+    eval_at_start: also evaluate before step 1 (a run that starts at step 0).
+    compare_bm25: also score BM25 on the code-search split (summary["bm25_eval"]).
     eval_code_search: include stdlib_code test MRR@10 in evaluations.
     eval_validation_batches: validation batches (pipeline data only) per evaluation.
     eval_max_examples: cap the code-search pairs (smoke runs).
@@ -198,10 +202,14 @@ def train(
       pairs = batches.host_iterator.global_batch_size
       writer.print(describe_compiled(compiled, pairs, mesh.size))
 
-    evaluate = _Evaluator(module, text_encoder, mesh, rules, step_fn, data_source,
-                          eval_code_search, eval_validation_batches, eval_max_examples,
-                          eval_x_length, eval_y_length)
+    evaluate = eval_hook.Evaluator(module, text_encoder, mesh, rules, step_fn.config,
+                                   data_source == "pipeline" and eval_validation_batches,
+                                   eval_code_search, eval_max_examples, eval_x_length,
+                                   eval_y_length)
     summary = {"start_step": start, "stopped_by": None}
+    if eval_at_start and start == 0:
+      summary["initial_eval"] = evaluate(state.params)
+      writer.write(0, summary["initial_eval"], split="eval")
     throughput = metrics_lib.Throughput()
     step = last_logged = start
     with _StopSignal() as stop:
@@ -246,60 +254,11 @@ def train(
       summary["final_eval"] = evaluate(state.params)
       if summary["final_eval"]:
         writer.write(step, summary["final_eval"], split="eval")
+      if compare_bm25 and eval_code_search:
+        summary["bm25_eval"] = evaluate.bm25()
     summary["state"] = state
     return summary
   finally:
     checkpointer.close()
     if writer is not None:
       writer.close()
-
-
-class _Evaluator:
-  """Validation loss/accuracy (pipeline data) and stdlib_code test MRR@10."""
-
-  def __init__(self, module, text_encoder, mesh, rules, step_fn, data_source, code_search,
-               validation_batches, max_examples, x_length, y_length):
-    self.module, self.text_encoder, self.mesh, self.rules = module, text_encoder, mesh, rules
-    self.step_fn = step_fn
-    self.code_search = code_search
-    self.x_length, self.y_length = x_length, y_length
-    self.validation_batches = validation_batches if data_source == "pipeline" else 0
-    self.max_examples = max_examples
-    self._pairs = None
-    self._validation = None
-
-  def _validation_metrics(self, params) -> dict[str, float]:
-    from embed_jax.data import pipeline  # pylint: disable=import-outside-toplevel
-    if self._validation is None:
-      config = dataclasses.replace(pipeline.DataConfig(), split="validation", shuffle=False)  # pylint: disable=no-value-for-parameter
-      iterator = pipeline.global_batch_iterator(self.mesh, config, self.rules)
-      self._validation = [next(iterator) for _ in range(self.validation_batches)]
-      eval_step = StepConfig(**{**dataclasses.asdict(self.step_fn.config), "dropout": False,
-                                "grad_cache_chunks": 1})
-      fn = TrainStep(self.module, None, None, self.mesh, self.rules, None, eval_step)
-
-      def loss(p, batch):
-        chunks = {k: v for k, v in batch.items() if k.endswith(("_tokens", "_mask"))}
-        emb = fn.embed_chunk(p, chunks, jax.random.PRNGKey(0))
-        return fn.loss(emb, fn.log_temp(p), batch)
-      self._loss = jax.jit(loss)
-    totals = {"validation_loss": 0.0, "validation_accuracy": 0.0}
-    with partitioning.activate(self.mesh, self.rules):
-      for batch in self._validation:
-        loss, m = self._loss(params, batch)
-        totals["validation_loss"] += float(loss) / len(self._validation)
-        totals["validation_accuracy"] += 0.5 * float(
-            m["accuracy_x_to_y"] + m["accuracy_y_to_x"]) / len(self._validation)
-    return totals
-
-  def __call__(self, params) -> dict[str, float]:
-    out = {}
-    if self.validation_batches:
-      out.update(self._validation_metrics(params))
-    if self.code_search:
-      if self._pairs is None:
-        self._pairs = eval_hook.stdlib_code_pairs("test", self.max_examples)
-      out["code_search_mrr@10"] = eval_hook.code_search_mrr(
-          self.module, params, self.text_encoder, *self._pairs, mesh=self.mesh, rules=self.rules,
-          x_length=self.x_length, y_length=self.y_length)
-    return out
