@@ -34,6 +34,7 @@ REQUIRED = [
     "embed_jax.train.optimizer",
     "embed_jax.train.state",
     "embed_jax.train.step",
+    "embed_jax.flops",
 ]
 # Checked once they exist (other issues add them).
 WHEN_PRESENT = [

@@ -21,7 +21,7 @@ import gin
 import jax
 import numpy as np
 
-from embed_jax import partitioning, tokenization
+from embed_jax import flops, partitioning, tokenization
 from embed_jax.checkpoints import model_dir as model_dir_lib
 from embed_jax.data import global_batches
 from embed_jax.models.dual_encoder import DualEncoderConfig, build_dual_encoder
@@ -201,6 +201,9 @@ def train(
       compiled = step_fn.compile(shardings, abstract_state, abstract_batch)
       pairs = batches.host_iterator.global_batch_size
       writer.print(describe_compiled(compiled, pairs, mesh.size))
+      model_flops = flops.train_step_flops(config, abstract, flops.StepShape.of_batch(batch))
+      writer.print(f"model FLOPs per step (analytic, 6*N*tokens + attention + loss): "
+                   f"{model_flops:.4g} ({model_flops / pairs:.4g} per pair)")
 
     evaluate = eval_hook.Evaluator(module, text_encoder, mesh, rules, step_fn.config,
                                    data_source == "pipeline" and eval_validation_batches,
