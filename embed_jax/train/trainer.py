@@ -101,7 +101,7 @@ def _tokenizer_source(text_encoder: tokenization.TextEncoder) -> tuple[str, dict
   return text_encoder.tokenizer.name, templates
 
 
-@gin.configurable("train", denylist=["model_dir"])
+@gin.configurable("train", denylist=["model_dir", "step_class"])
 def train(
     model_dir: str,
     steps: int = 1000,
@@ -124,6 +124,7 @@ def train(
     progress: bool = True,
     tensorboard: bool = True,
     step_config: StepConfig | None = None,
+    step_class: type[TrainStep] = TrainStep,
 ) -> dict[str, Any]:
   """Trains a dual encoder; returns a summary {"step", "stopped_by", "final_eval", ...}.
 
@@ -144,6 +145,7 @@ def train(
     eval_max_examples: cap the code-search pairs (smoke runs).
     max_consecutive_nonfinite: this many skipped steps in a row stop the run.
     step_config: `StepConfig()` from gin by default (grad_cache_chunks, loss_impl, ...).
+    step_class: the TrainStep (a subclass injects faults in tests).
   """
   if data_source not in DATA_SOURCES:
     raise ValueError(f"train.data_source must be one of {DATA_SOURCES}, got {data_source!r}")
@@ -193,7 +195,7 @@ def train(
                                        tensorboard=tensorboard)
     writer.print(f"{partitioning.describe(mesh)}; {origin}; step {start} of {steps}")
 
-    step_fn = TrainStep(module, tx, schedule, mesh, rules, params_shardings, step_config)
+    step_fn = step_class(module, tx, schedule, mesh, rules, params_shardings, step_config)
     batch = next(batches) if start < steps else None
     data_state = batches.get_state()
     if batch is not None:

@@ -51,12 +51,12 @@ GIN_FILES = ["models/tiny.gin", "data/vocab_minilm.gin"]
 COMPILATION_CACHE = tempfile.mkdtemp(prefix="embed_jax_train_test_xla_cache_")
 
 
-def _train_in_process(model_dir, tokenizer_json, extra=()):
+def _train_in_process(model_dir, tokenizer_json, extra=(), **kwargs):
   from embed_jax.train import trainer  # pylint: disable=import-outside-toplevel
   import gin  # pylint: disable=import-outside-toplevel
   gin_config.parse(GIN_FILES, _bindings(tokenizer_json) + list(extra))
   try:
-    return trainer.train(str(model_dir))
+    return trainer.train(str(model_dir), **kwargs)
   finally:
     gin.clear_config(clear_constants=True)
 
@@ -231,3 +231,35 @@ def test_two_processes_match_one_process(reference, tmp_path, minilm_tokenizer_j
   import jax  # pylint: disable=import-outside-toplevel
   for a, b in zip(jax.tree.leaves(_final_params(reference)), jax.tree.leaves(_final_params(run))):
     np.testing.assert_allclose(b, a, atol=1e-5, rtol=0)
+
+
+def test_consecutive_nonfinite_steps_stop_the_run_with_the_last_good_checkpoint(
+    tmp_path, minilm_tokenizer_json):
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from embed_jax.train import checkpointing, step as step_lib, trainer  # pylint: disable=import-outside-toplevel
+
+  class NaNFromStep4(step_lib.TrainStep):
+    """The loss is NaN on synthetic batches 4, 5, ... (batch s has y_ids[0] = 16 * s)."""
+
+    def loss(self, embeddings, log_temp, batch):
+      loss, metrics = super().loss(embeddings, log_temp, batch)
+      return loss * jnp.where(batch["y_ids"][0] >= 16 * 4, jnp.nan, 1.0), metrics
+
+  run = tmp_path / "run"
+  with pytest.raises(trainer.NonFiniteError, match=r"2 consecutive steps .*\(up to step 5\).*checkpoints/4"):
+    _train_in_process(run, minilm_tokenizer_json, ["train.max_consecutive_nonfinite=2"],
+                      step_class=NaNFromStep4)
+  metrics = _metrics(run)
+  assert [metrics[s]["skipped"] for s in (1, 2, 3, 4, 5)] == [0, 0, 0, 1, 1]
+  assert metrics[5]["nonfinite_total"] == 2 and max(metrics) == 5
+  assert _checkpoint_steps(run) == [2, 4]
+  # Checkpoint 4 (a skipped step) holds step 3's good params, finite, and restores.
+  checkpointer = checkpointing.Checkpointer(run)
+  try:
+    import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+    state = checkpointer.manager.restore(4, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+  finally:
+    checkpointer.close()
+  assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(state["params"]))
+  assert int(state["nonfinite_total"]) == 1
