@@ -26,6 +26,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("embed_jax.cli.eval", "score a model on probe, STS, retrieval and code-search tasks"),
     "export": ("embed_jax.cli.export", "write a model directory as sentence-transformers folder(s)"),
     "search": ("embed_jax.cli.search", "exact top-k search of a corpus file, sharded over devices"),
+    "train": ("embed_jax.cli.train", "train an embedding model (resumes from --model_dir)"),
 }
 
 

@@ -47,6 +47,10 @@ REQUIRED = [
     "embed_jax.cli.convert",
     "embed_jax.cli.embed",
     "embed_jax.cli.export",
+    "embed_jax.train.optimizer",
+    "embed_jax.train.state",
+    "embed_jax.train.step",
+    "embed_jax.flops",
 ]
 # Checked once they exist (other issues add them).
 WHEN_PRESENT = [

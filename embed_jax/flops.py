@@ -1,0 +1,82 @@
+"""Model FLOPs of a contrastive train step, counted analytically (the MFU numerator).
+
+A training step costs 3x its forward pass (forward, and a backward of twice
+the forward). The forward counts, per token, 2 FLOPs for every weight of a
+matrix outside the embedding tables (a multiply and an add), plus attention's
+two [L, L] products, 2 * 2 * L * (heads * head_dim) per layer; and the loss's
+similarity matrices, 2 * B * C * d for x against its C = B * (1 + H)
+candidates and 2 * B * B * d for y against x. GradCache's recomputation and rematerialisation are not model
+FLOPs and are not counted; XLA's `cost_analysis()` counts them, and the
+elementwise work too, so the two agree only loosely.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+
+from embed_jax.models.dual_encoder import DualEncoderConfig
+
+MATRIX_NAMES = ("kernel",)  # Embedding tables are `embedding` (lookups, not products).
+
+
+@dataclasses.dataclass(frozen=True)
+class StepShape:
+  """What one train step processes: the global batch and its padded lengths."""
+  batch_size: int
+  x_length: int
+  y_length: int
+  num_negatives: int = 0
+
+  @classmethod
+  def of_batch(cls, batch: Any) -> StepShape:
+    """The shape of a batch in the batch format (arrays or ShapeDtypeStructs, global shapes)."""
+    b, x_length = batch["x_tokens"].shape
+    negatives = batch["neg_tokens"].shape[1] if "neg_tokens" in batch else 0
+    return cls(b, x_length, batch["y_tokens"].shape[1], negatives)
+
+  @property
+  def tokens(self) -> int:
+    """Tokens through the encoder per step (padding included: it is computed)."""
+    return self.batch_size * (self.x_length + (1 + self.num_negatives) * self.y_length)
+
+
+def matmul_params(params: Any) -> int:
+  """Weights of every matrix product (leaves named `kernel`); params or abstract params."""
+  total = 0
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    name = str(getattr(path[-1], "key", getattr(path[-1], "name", path[-1])))
+    if name in MATRIX_NAMES:
+      total += math.prod(leaf.shape)
+  return total
+
+
+def attention_width(config: DualEncoderConfig) -> int:
+  """heads * head_dim of the encoder (the width of the attention products)."""
+  encoder = config.encoder
+  head_dim = getattr(encoder, "head_dim", None) or encoder.d_model // encoder.num_heads
+  return encoder.num_heads * head_dim
+
+
+def embedding_dim(config: DualEncoderConfig) -> int:
+  return config.projection_dim or config.encoder.d_model
+
+
+def forward_flops(config: DualEncoderConfig, params: Any, shape: StepShape) -> float:
+  """FLOPs of the forward pass of one global batch: encoder matrices, attention, the loss."""
+  dense = 2 * matmul_params(params) * shape.tokens
+  layers, width = config.encoder.num_layers, attention_width(config)
+  per_sequence = lambda length: 2 * 2 * layers * width * length * length
+  attention = shape.batch_size * (per_sequence(shape.x_length)
+                                  + (1 + shape.num_negatives) * per_sequence(shape.y_length))
+  candidates = shape.batch_size * (1 + shape.num_negatives)
+  loss = 2 * shape.batch_size * (candidates + shape.batch_size) * embedding_dim(config)
+  return float(dense + attention + loss)
+
+
+def train_step_flops(config: DualEncoderConfig, params: Any, shape: StepShape) -> float:
+  """Model FLOPs of one train step: 3x the forward (forward + backward)."""
+  return 3.0 * forward_flops(config, params, shape)

@@ -1,0 +1,265 @@
+"""The training loop end to end with a tiny model on synthetic pairs.
+
+One uninterrupted run (in this process, 8 devices) is the reference for: a run
+killed with SIGKILL, resumed, stopped by SIGTERM and resumed again; a run whose
+newest checkpoint is truncated, resumed on another mesh shape; and two
+processes x 4 devices (gloo).
+
+The loss is the dense `reference` impl here: the sharded impls are proven
+equal to it in tests/losses, and on CPU gloo their all_gather/reduce-scatter
+pair costs seconds a step across processes, which would make this file slow.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import pytest
+
+from embed_jax import gin_config
+from embed_jax.checkpoints import model_dir as model_dir_lib
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+STEPS = 8
+COMPARED = ("loss", "accuracy", "grad_norm", "temperature", "learning_rate")
+
+
+def _bindings(tokenizer_json):
+  return [
+      f"text_encoder.tokenizer_json='{tokenizer_json}'",
+      "DecoderConfig.vocab_size=30528", "DecoderConfig.max_length=32",
+      "DecoderConfig.dropout_rate=0.1",
+      f"train.steps={STEPS}", "train.data_source='synthetic'", "train.checkpoint_every=2",
+      "train.keep=3", "train.log_every=1", "train.eval_code_search=False", "train.progress=False",
+      "train.tensorboard=False",
+      "SyntheticPairs.batch_size=16", "SyntheticPairs.x_length=16", "SyntheticPairs.y_length=16",
+      "SyntheticPairs.num_negatives=1",
+      "StepConfig.loss_impl='reference'",
+      "learning_rate_schedule.learning_rate=3e-3", "learning_rate_schedule.warmup_steps=4",
+  ]
+
+
+GIN_FILES = ["models/tiny.gin", "data/vocab_minilm.gin"]
+# Restarted runs compile the same programs again: a cache shared by this file's subprocesses.
+COMPILATION_CACHE = tempfile.mkdtemp(prefix="embed_jax_train_test_xla_cache_")
+
+
+def _train_in_process(model_dir, tokenizer_json, extra=(), **kwargs):
+  from embed_jax.train import trainer  # pylint: disable=import-outside-toplevel
+  import gin  # pylint: disable=import-outside-toplevel
+  gin_config.parse(GIN_FILES, _bindings(tokenizer_json) + list(extra))
+  try:
+    return trainer.train(str(model_dir), **kwargs)
+  finally:
+    gin.clear_config(clear_constants=True)
+
+
+def _final_params(model_dir):
+  model = model_dir_lib.load_model(os.path.join(model_dir, "final"))
+  return model_dir_lib.params_to_numpy(model.params)
+
+
+def _metrics(model_dir):
+  """The last train record of each step (a resumed run redoes some steps)."""
+  out = {}
+  with open(os.path.join(model_dir, "metrics.jsonl"), encoding="utf-8") as f:
+    for line in f:
+      record = json.loads(line)
+      if record["split"] == "train":
+        out[record["step"]] = record
+  return out
+
+
+def _assert_same_run(dir_a, dir_b, atol=1e-6):
+  import jax  # pylint: disable=import-outside-toplevel
+  for a, b in zip(jax.tree.leaves(_final_params(dir_a)), jax.tree.leaves(_final_params(dir_b))):
+    np.testing.assert_allclose(b, a, atol=atol, rtol=0)
+  ma, mb = _metrics(dir_a), _metrics(dir_b)
+  assert sorted(ma) == sorted(mb) == list(range(1, STEPS + 1))
+  for step in ma:
+    for key in COMPARED:
+      assert mb[step][key] == pytest.approx(ma[step][key], abs=atol, rel=atol), (step, key)
+
+
+def _env(devices):
+  """The subprocesses' environment: `devices` fake CPU devices, one shared compilation cache."""
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             JAX_DEFAULT_MATMUL_PRECISION="highest", PYTHONPATH=REPO_ROOT, TF_CPP_MIN_LOG_LEVEL="3",
+             JAX_COMPILATION_CACHE_DIR=COMPILATION_CACHE,
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  return env
+
+
+def _command(model_dir, tokenizer_json, extra=()):
+  args = [sys.executable, "-m", "embed_jax.main", "train", f"--model_dir={model_dir}"]
+  args += [f"--gin_file={f}" for f in GIN_FILES]
+  args += [f"--gin.{b}" for b in _bindings(tokenizer_json)] + list(extra)
+  return args
+
+
+def _start(model_dir, tokenizer_json, devices=8, extra=(), log=None):
+  return subprocess.Popen(_command(model_dir, tokenizer_json, extra), env=_env(devices),
+                          cwd=REPO_ROOT, stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+
+def _wait_for_steps(proc, model_dir, count, timeout=240):
+  """Waits until metrics.jsonl has `count` train lines; returns False if the run ended first."""
+  path = os.path.join(model_dir, "metrics.jsonl")
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if os.path.exists(path):
+      with open(path, encoding="utf-8") as f:
+        if sum('"split": "train"' in line for line in f) >= count:
+          return True
+    if proc.poll() is not None:
+      return False
+    time.sleep(0.005)
+  proc.kill()
+  raise TimeoutError(f"no {count} steps in {path}")
+
+
+def _checkpoint_steps(model_dir):
+  folder = os.path.join(model_dir, "checkpoints")
+  return sorted(int(d) for d in os.listdir(folder) if d.isdigit())
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, minilm_tokenizer_json):
+  model_dir = tmp_path_factory.mktemp("reference")
+  summary = _train_in_process(model_dir, minilm_tokenizer_json)
+  assert summary["step"] == STEPS and summary["stopped_by"] is None
+  return str(model_dir)
+
+
+def test_reference_run_leaves_checkpoints_metrics_and_a_model_dir(reference):
+  assert _checkpoint_steps(reference) == [4, 6, 8]
+  metrics = _metrics(reference)
+  assert sorted(metrics) == list(range(1, STEPS + 1))
+  assert all(m["skipped"] == 0 and np.isfinite(m["loss"]) for m in metrics.values())
+  assert os.path.isdir(os.path.join(reference, "final", "params"))
+
+
+def test_truncated_latest_checkpoint_falls_back_to_previous_on_another_mesh(
+    reference, tmp_path, capsys, minilm_tokenizer_json):
+  run = tmp_path / "run"
+  shutil.copytree(reference, run)
+  shutil.rmtree(run / "final")
+  with open(run / "metrics.jsonl", "w", encoding="utf-8"):
+    pass  # The resumed steps are written again.
+  state_dir = run / "checkpoints" / str(STEPS) / "state"
+  files = sorted((p for p in state_dir.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+  with open(files[-1], "r+b") as f:
+    f.truncate(files[-1].stat().st_size // 2)
+  summary = _train_in_process(run, minilm_tokenizer_json, ["create_mesh.fsdp=2"])
+  assert summary["start_step"] == STEPS - 2
+  assert "damaged" in capsys.readouterr().out
+  import jax  # pylint: disable=import-outside-toplevel
+  mesh = jax.tree.leaves(summary["state"].params)[0].sharding.mesh
+  assert dict(mesh.shape) == {"data": 4, "fsdp": 2, "tensor": 1}
+  for a, b in zip(jax.tree.leaves(_final_params(reference)), jax.tree.leaves(_final_params(run))):
+    np.testing.assert_allclose(b, a, atol=1e-6, rtol=0)
+
+
+def test_sigkill_then_sigterm_then_resume_matches_uninterrupted_run(reference, tmp_path,
+                                                                   minilm_tokenizer_json):
+  run = str(tmp_path / "run")
+  log = open(tmp_path / "log.txt", "w", encoding="utf-8")  # pylint: disable=consider-using-with
+  proc = _start(run, minilm_tokenizer_json, log=log)
+  try:
+    assert _wait_for_steps(proc, run, 3), "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(60)
+    killed_at = max(_metrics(run))
+    assert killed_at < STEPS and not os.path.exists(os.path.join(run, "final"))
+
+    proc = _start(run, minilm_tokenizer_json, log=log)
+    lines = sum(1 for _ in open(os.path.join(run, "metrics.jsonl"), encoding="utf-8"))
+    assert _wait_for_steps(proc, run, lines + 1), "the resumed run ended before SIGTERM"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(120) == 128 + signal.SIGTERM
+    with open(os.path.join(run, "metrics.jsonl"), encoding="utf-8") as f:
+      stopped_at = json.loads(f.readlines()[-1])["step"]
+    assert stopped_at in _checkpoint_steps(run)
+    assert stopped_at < STEPS and not os.path.exists(os.path.join(run, "final"))
+
+    proc = _start(run, minilm_tokenizer_json, log=log)
+    assert proc.wait(240) == 0, open(tmp_path / "log.txt", encoding="utf-8").read()[-3000:]
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
+    log.close()
+  _assert_same_run(reference, run)
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process(reference, tmp_path, minilm_tokenizer_json):
+  run = str(tmp_path / "run")
+  port = _free_port()
+  logs = [open(tmp_path / f"log{i}.txt", "w", encoding="utf-8") for i in range(2)]  # pylint: disable=consider-using-with
+  procs = [_start(run, minilm_tokenizer_json, devices=4, log=logs[i], extra=(
+      f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"))
+           for i in range(2)]
+  try:
+    codes = [p.wait(300) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+    for f in logs:
+      f.close()
+  assert codes == [0, 0], [open(tmp_path / f"log{i}.txt", encoding="utf-8").read()[-3000:] for i in range(2)]
+  ma, mb = _metrics(reference), _metrics(run)
+  assert sorted(mb) == list(range(1, STEPS + 1))
+  for step in ma:
+    assert mb[step]["loss"] == pytest.approx(ma[step]["loss"], abs=1e-5, rel=1e-5), step
+  import jax  # pylint: disable=import-outside-toplevel
+  for a, b in zip(jax.tree.leaves(_final_params(reference)), jax.tree.leaves(_final_params(run))):
+    np.testing.assert_allclose(b, a, atol=1e-5, rtol=0)
+
+
+def test_consecutive_nonfinite_steps_stop_the_run_with_the_last_good_checkpoint(
+    tmp_path, minilm_tokenizer_json):
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from embed_jax.train import checkpointing, step as step_lib, trainer  # pylint: disable=import-outside-toplevel
+
+  class NaNFromStep4(step_lib.TrainStep):
+    """The loss is NaN on synthetic batches 4, 5, ... (batch s has y_ids[0] = 16 * s)."""
+
+    def loss(self, embeddings, log_temp, batch):
+      loss, metrics = super().loss(embeddings, log_temp, batch)
+      return loss * jnp.where(batch["y_ids"][0] >= 16 * 4, jnp.nan, 1.0), metrics
+
+  run = tmp_path / "run"
+  with pytest.raises(trainer.NonFiniteError, match=r"2 consecutive steps .*\(up to step 5\).*checkpoints/4"):
+    _train_in_process(run, minilm_tokenizer_json, ["train.max_consecutive_nonfinite=2"],
+                      step_class=NaNFromStep4)
+  metrics = _metrics(run)
+  assert [metrics[s]["skipped"] for s in (1, 2, 3, 4, 5)] == [0, 0, 0, 1, 1]
+  assert metrics[5]["nonfinite_total"] == 2 and max(metrics) == 5
+  assert _checkpoint_steps(run) == [2, 4]
+  # Checkpoint 4 (a skipped step) holds step 3's good params, finite, and restores.
+  checkpointer = checkpointing.Checkpointer(run)
+  try:
+    import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+    state = checkpointer.manager.restore(4, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+  finally:
+    checkpointer.close()
+  assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(state["params"]))
+  assert int(state["nonfinite_total"]) == 1
