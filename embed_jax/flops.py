@@ -17,6 +17,7 @@ import math
 from typing import Any
 
 import jax
+import numpy as np
 
 from embed_jax.models.dual_encoder import DualEncoderConfig
 
@@ -65,18 +66,45 @@ def embedding_dim(config: DualEncoderConfig) -> int:
   return config.projection_dim or config.encoder.d_model
 
 
+def _forward(config: DualEncoderConfig, params: Any, tokens: int, squared_lengths: int,
+             batch_size: int, num_negatives: int) -> float:
+  """Forward FLOPs given the tokens through the encoder and the sum of each text's length**2."""
+  dense = 2 * matmul_params(params) * tokens
+  attention = 2 * 2 * config.encoder.num_layers * attention_width(config) * squared_lengths
+  candidates = batch_size * (1 + num_negatives)
+  loss = 2 * batch_size * (candidates + batch_size) * embedding_dim(config)
+  return float(dense + attention + loss)
+
+
 def forward_flops(config: DualEncoderConfig, params: Any, shape: StepShape) -> float:
   """FLOPs of the forward pass of one global batch: encoder matrices, attention, the loss."""
-  dense = 2 * matmul_params(params) * shape.tokens
-  layers, width = config.encoder.num_layers, attention_width(config)
-  per_sequence = lambda length: 2 * 2 * layers * width * length * length
-  attention = shape.batch_size * (per_sequence(shape.x_length)
-                                  + (1 + shape.num_negatives) * per_sequence(shape.y_length))
-  candidates = shape.batch_size * (1 + shape.num_negatives)
-  loss = 2 * shape.batch_size * (candidates + shape.batch_size) * embedding_dim(config)
-  return float(dense + attention + loss)
+  b, h = shape.batch_size, shape.num_negatives
+  squared = b * (shape.x_length ** 2 + (1 + h) * shape.y_length ** 2)
+  return _forward(config, params, shape.tokens, squared, b, h)
 
 
 def train_step_flops(config: DualEncoderConfig, params: Any, shape: StepShape) -> float:
   """Model FLOPs of one train step: 3x the forward (forward + backward)."""
   return 3.0 * forward_flops(config, params, shape)
+
+
+def real_train_step_flops(config: DualEncoderConfig, params: Any, x_lengths: Any,
+                          y_lengths: Any, neg_lengths: Any = None) -> float:
+  """Model FLOPs of one train step counting only real (non-padding) tokens.
+
+  Args:
+    x_lengths, y_lengths: int [B], each text's real tokens (delimiters included).
+    neg_lengths: optional int [B, H] for hard negatives.
+  The MFU numerator: the work the batch needs, whatever padding or packing
+  the step computes besides.
+  """
+  lengths = [np.asarray(x_lengths).ravel(), np.asarray(y_lengths).ravel()]
+  num_negatives = 0
+  if neg_lengths is not None:
+    neg = np.asarray(neg_lengths)
+    num_negatives = neg.shape[1]
+    lengths.append(neg.ravel())
+  every = np.concatenate(lengths).astype(np.int64)
+  forward = _forward(config, params, int(every.sum()), int((every ** 2).sum()),
+                     len(lengths[0]), num_negatives)
+  return 3.0 * forward

@@ -39,3 +39,17 @@ def test_analytic_flops_match_xla_cost_analysis_within_a_loose_factor():
   n = flops.matmul_params(params)
   assert n == 2 * (4 * 128 * 128 + 2 * 4 * 128 * 128)
   assert 6 * n * SHAPE.tokens < analytic < 1.5 * 6 * n * SHAPE.tokens
+
+
+def test_real_token_flops_equal_the_padded_count_when_nothing_is_padding():
+  params = jax.eval_shape(lambda: init_dual_encoder(CONFIG, jax.random.key(0))[1])
+  b, h = SHAPE.batch_size, SHAPE.num_negatives
+  full = flops.real_train_step_flops(CONFIG, params, np.full(b, SHAPE.x_length),
+                                     np.full(b, SHAPE.y_length), np.full((b, h), SHAPE.y_length))
+  assert full == flops.train_step_flops(CONFIG, params, SHAPE)
+  # Halving every length halves the dense term and quarters attention (the loss term, which
+  # does not depend on lengths, is tiny here).
+  half = flops.real_train_step_flops(CONFIG, params, np.full(b, SHAPE.x_length // 2),
+                                     np.full(b, SHAPE.y_length // 2),
+                                     np.full((b, h), SHAPE.y_length // 2))
+  assert 0.25 * full < half < 0.5 * full
