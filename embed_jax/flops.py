@@ -25,23 +25,47 @@ MATRIX_NAMES = ("kernel",)  # Embedding tables are `embedding` (lookups, not pro
 
 @dataclasses.dataclass(frozen=True)
 class StepShape:
-  """What one train step processes: the global batch and its padded lengths."""
+  """What one train step processes: the global batch, its row lengths and rows per side.
+
+  x_rows, y_rows, neg_rows: rows through the encoder per side; None = one text
+  a row (batch_size, batch_size, batch_size * num_negatives). Packed batches
+  hold several texts a row, so fewer.
+  """
   batch_size: int
   x_length: int
   y_length: int
   num_negatives: int = 0
+  x_rows: int | None = None
+  y_rows: int | None = None
+  neg_rows: int | None = None
 
   @classmethod
   def of_batch(cls, batch: Any) -> StepShape:
-    """The shape of a batch in the batch format (arrays or ShapeDtypeStructs, global shapes)."""
+    """The shape of a padded or packed batch (arrays or ShapeDtypeStructs, global shapes)."""
+    if "x_pool_index" in batch:  # Packed (`data.packed_batches`).
+      b = batch["x_pool_index"].shape[0]
+      negatives = batch["neg_pool_index"].shape[1] if "neg_pool_index" in batch else 0
+      x_rows, x_length = batch["x_packed_tokens"].shape
+      y_rows, y_length = batch["y_packed_tokens"].shape
+      neg_rows = batch["neg_packed_tokens"].shape[0] if negatives else 0
+      return cls(b, x_length, y_length, negatives, x_rows, y_rows, neg_rows)
     b, x_length = batch["x_tokens"].shape
     negatives = batch["neg_tokens"].shape[1] if "neg_tokens" in batch else 0
     return cls(b, x_length, batch["y_tokens"].shape[1], negatives)
 
   @property
+  def rows(self) -> tuple[int, int]:
+    """(x rows, y and negative rows) through the encoder."""
+    x = self.batch_size if self.x_rows is None else self.x_rows
+    y = self.batch_size if self.y_rows is None else self.y_rows
+    neg = self.batch_size * self.num_negatives if self.neg_rows is None else self.neg_rows
+    return x, y + neg
+
+  @property
   def tokens(self) -> int:
     """Tokens through the encoder per step (padding included: it is computed)."""
-    return self.batch_size * (self.x_length + (1 + self.num_negatives) * self.y_length)
+    x_rows, y_rows = self.rows
+    return x_rows * self.x_length + y_rows * self.y_length
 
 
 def matmul_params(params: Any) -> int:
@@ -70,8 +94,8 @@ def forward_flops(config: DualEncoderConfig, params: Any, shape: StepShape) -> f
   dense = 2 * matmul_params(params) * shape.tokens
   layers, width = config.encoder.num_layers, attention_width(config)
   per_sequence = lambda length: 2 * 2 * layers * width * length * length
-  attention = shape.batch_size * (per_sequence(shape.x_length)
-                                  + (1 + shape.num_negatives) * per_sequence(shape.y_length))
+  x_rows, y_rows = shape.rows
+  attention = x_rows * per_sequence(shape.x_length) + y_rows * per_sequence(shape.y_length)
   candidates = shape.batch_size * (1 + shape.num_negatives)
   loss = 2 * shape.batch_size * (candidates + shape.batch_size) * embedding_dim(config)
   return float(dense + attention + loss)
