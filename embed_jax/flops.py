@@ -3,7 +3,8 @@
 A training step costs 3x its forward pass (forward, and a backward of twice
 the forward). The forward counts, per token, 2 FLOPs for every weight of a
 matrix outside the embedding tables (a multiply and an add), plus attention's
-two [L, L] products, 2 * 2 * L * (heads * head_dim) per layer; and the loss's
+two [L, L] products, 2 * 2 * L * (heads * head_dim) per layer (per row: a packed row
+of several texts costs what one text of length L costs); and the loss's
 similarity matrices, 2 * B * C * d for x against its C = B * (1 + H)
 candidates and 2 * B * B * d for y against x. GradCache's recomputation and rematerialisation are not model
 FLOPs and are not counted; XLA's `cost_analysis()` counts them, and the

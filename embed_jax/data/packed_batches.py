@@ -90,8 +90,9 @@ def pack_batch(batch: Mapping[str, np.ndarray], *, groups: int, pooling: str,
   for side in sides:
     tokens, mask = np.asarray(batch[f"{side}_tokens"]), np.asarray(batch[f"{side}_mask"])
     length = tokens.shape[-1]
-    per_group = tokens[0].size // length  # Texts per batch row: 1, or H negatives.
-    tokens, mask = tokens.reshape(groups, m * per_group, length), mask.reshape(groups, m * per_group, length)
+    per_row = tokens[0].size // length  # Texts per batch row: 1, or H negatives.
+    tokens = tokens.reshape(groups, m * per_row, length)  # Group g: rows g*m.., (row, h) order.
+    mask = mask.reshape(groups, m * per_row, length)
     eos_id = None
     if pooling == "eos":
       eos_id = (closing_ids or {}).get("x" if side == "x" else "y")
@@ -102,7 +103,7 @@ def pack_batch(batch: Mapping[str, np.ndarray], *, groups: int, pooling: str,
                                                pad_id=pad_id))
       except ValueError as e:
         raise ValueError(f"cannot pack the {side} texts of batch rows [{g * m}, {(g + 1) * m}) "
-                         f"(group {g}; text index = row * {per_group} + negative): {e}") from e
+                         f"(group {g}; text index = row * {per_row} + negative): {e}") from e
   needed = np.array([max(p.tokens.shape[0] for p in packed[s]) for s in sides], np.int64)
   needed = _agree_across_processes(needed)
   out = {k: v for k, v in batch.items()

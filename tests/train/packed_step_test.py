@@ -16,11 +16,11 @@ VOCAB, LENGTH = 64, 16
 OPEN_X, CLOSE_X, OPEN_Y, CLOSE_Y = 60, 61, 62, 63
 DELIMITERS = {"x_delimiter_ids": (OPEN_X, CLOSE_X), "y_delimiter_ids": (OPEN_Y, CLOSE_Y)}
 DECODER = DualEncoderConfig(
-    encoder=DecoderConfig(vocab_size=VOCAB, d_model=16, num_layers=2, num_heads=2,
+    encoder=DecoderConfig(vocab_size=VOCAB, d_model=16, num_layers=1, num_heads=2,
                           max_length=LENGTH, dropout_rate=0.1),
     pooling="eos", **DELIMITERS)
 BERT = DualEncoderConfig(
-    encoder=BertConfig(vocab_size=VOCAB, d_model=16, num_layers=2, num_heads=2, d_ff=32,
+    encoder=BertConfig(vocab_size=VOCAB, d_model=16, num_layers=1, num_heads=2, d_ff=32,
                        max_length=LENGTH),
     pooling="mean", **DELIMITERS)
 
@@ -141,3 +141,19 @@ def test_empty_text_is_a_clear_error():
     _pack(batch, 2, DECODER)
   with pytest.raises(ValueError, match="do not split into 3 groups"):
     _pack(_batch(np.random.default_rng(0), 8), 3, DECODER)
+
+
+def test_processes_agree_on_the_row_counts(monkeypatch):
+  """With several processes every side gets the most rows any process needs (process_allgather)."""
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  batch = _batch(np.random.default_rng(0), 8)
+  alone = _pack(batch, 2, DECODER)
+  other = np.array([4, 1])  # Another process needs 4 x rows and 1 y row per group.
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  monkeypatch.setattr(multihost_utils, "process_allgather", lambda rows: np.stack([rows, other]))
+  agreed = _pack(batch, 2, DECODER)
+  rows = alone["x_packed_tokens"].shape[0] // 2
+  assert rows < 4 and agreed["x_packed_tokens"].shape[0] == 2 * 4
+  assert agreed["y_packed_tokens"].shape == alone["y_packed_tokens"].shape
+  np.testing.assert_array_equal(agreed["x_pool_index"], alone["x_pool_index"])
+  np.testing.assert_array_equal(agreed["x_packed_tokens"][4:4 + rows], alone["x_packed_tokens"][rows:])
