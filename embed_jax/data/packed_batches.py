@@ -102,8 +102,10 @@ def pack_batch(batch: Mapping[str, np.ndarray], *, groups: int, pooling: str,
         packed[side].append(packing.pack_texts(tokens[g], mask[g], pooling=pooling, eos_id=eos_id,
                                                pad_id=pad_id))
       except ValueError as e:
+        hint = (" A missing hard negative is all padding: packing needs H real negatives per "
+                "example." if side == "neg" else "")
         raise ValueError(f"cannot pack the {side} texts of batch rows [{g * m}, {(g + 1) * m}) "
-                         f"(group {g}; text index = row * {per_row} + negative): {e}") from e
+                         f"(group {g}; text index = row * {per_row} + negative): {e}.{hint}") from e
   needed = np.array([max(p.tokens.shape[0] for p in packed[s]) for s in sides], np.int64)
   needed = _agree_across_processes(needed)
   out = {k: v for k, v in batch.items()
