@@ -33,7 +33,6 @@ import numpy as np
 from embed_jax.data import packing
 
 SIDES = ("x", "y", "neg")
-PACKED_FIELDS = ("packed_tokens", "segment_ids", "text_of_token", "pool_index")
 PACKED_MARKER = "x_segment_ids"  # The key that tells a packed batch from a padded one.
 
 
@@ -113,9 +112,9 @@ def pack_batch(batch: Mapping[str, np.ndarray], *, groups: int, pooling: str,
   for side, rows in zip(sides, needed):
     rows = packing.bucket_rows(int(rows), 1, packed[side][0].num_texts)
     parts = [_pad_rows(p, rows, pad_id) for p in packed[side]]
-    for field in PACKED_FIELDS[:3]:
-      attr = "tokens" if field == "packed_tokens" else field
-      out[f"{side}_{field}"] = np.concatenate([getattr(p, attr) for p in parts])
+    out[f"{side}_packed_tokens"] = np.concatenate([p.tokens for p in parts])
+    out[f"{side}_segment_ids"] = np.concatenate([p.segment_ids for p in parts])
+    out[f"{side}_text_of_token"] = np.concatenate([p.text_of_token for p in parts])
     pool_index = np.concatenate([p.pool_index for p in parts])
     out[f"{side}_pool_index"] = pool_index.reshape(batch[f"{side}_tokens"].shape[:-1])
   return out
