@@ -3,11 +3,16 @@
 A training step costs 3x its forward pass (forward, and a backward of twice
 the forward). The forward counts, per token, 2 FLOPs for every weight of a
 matrix outside the embedding tables (a multiply and an add), plus attention's
-two [L, L] products, 2 * 2 * L * (heads * head_dim) per layer; and the loss's
+two [L, L] products, 2 * 2 * L * (heads * head_dim) per layer (per row: a packed row
+of several texts costs what one text of length L costs); and the loss's
 similarity matrices, 2 * B * C * d for x against its C = B * (1 + H)
 candidates and 2 * B * B * d for y against x. GradCache's recomputation and rematerialisation are not model
 FLOPs and are not counted; XLA's `cost_analysis()` counts them, and the
 elementwise work too, so the two agree only loosely.
+
+`train_step_flops` counts the rows the step computes (padding included);
+`real_train_step_flops` counts only the real tokens of each text, the MFU
+numerator.
 """
 
 from __future__ import annotations
@@ -26,23 +31,47 @@ MATRIX_NAMES = ("kernel",)  # Embedding tables are `embedding` (lookups, not pro
 
 @dataclasses.dataclass(frozen=True)
 class StepShape:
-  """What one train step processes: the global batch and its padded lengths."""
+  """What one train step processes: the global batch, its row lengths and rows per side.
+
+  x_rows, y_rows, neg_rows: rows through the encoder per side; None = one text
+  a row (batch_size, batch_size, batch_size * num_negatives). Packed batches
+  hold several texts a row, so fewer.
+  """
   batch_size: int
   x_length: int
   y_length: int
   num_negatives: int = 0
+  x_rows: int | None = None
+  y_rows: int | None = None
+  neg_rows: int | None = None
 
   @classmethod
   def of_batch(cls, batch: Any) -> StepShape:
-    """The shape of a batch in the batch format (arrays or ShapeDtypeStructs, global shapes)."""
+    """The shape of a padded or packed batch (arrays or ShapeDtypeStructs, global shapes)."""
+    if "x_pool_index" in batch:  # Packed (`data.packed_batches`).
+      b = batch["x_pool_index"].shape[0]
+      negatives = batch["neg_pool_index"].shape[1] if "neg_pool_index" in batch else 0
+      x_rows, x_length = batch["x_packed_tokens"].shape
+      y_rows, y_length = batch["y_packed_tokens"].shape
+      neg_rows = batch["neg_packed_tokens"].shape[0] if negatives else 0
+      return cls(b, x_length, y_length, negatives, x_rows, y_rows, neg_rows)
     b, x_length = batch["x_tokens"].shape
     negatives = batch["neg_tokens"].shape[1] if "neg_tokens" in batch else 0
     return cls(b, x_length, batch["y_tokens"].shape[1], negatives)
 
   @property
+  def rows(self) -> tuple[int, int]:
+    """(x rows, y and negative rows) through the encoder."""
+    x = self.batch_size if self.x_rows is None else self.x_rows
+    y = self.batch_size if self.y_rows is None else self.y_rows
+    neg = self.batch_size * self.num_negatives if self.neg_rows is None else self.neg_rows
+    return x, y + neg
+
+  @property
   def tokens(self) -> int:
     """Tokens through the encoder per step (padding included: it is computed)."""
-    return self.batch_size * (self.x_length + (1 + self.num_negatives) * self.y_length)
+    x_rows, y_rows = self.rows
+    return x_rows * self.x_length + y_rows * self.y_length
 
 
 def matmul_params(params: Any) -> int:
@@ -78,9 +107,9 @@ def _forward(config: DualEncoderConfig, params: Any, tokens: int, squared_length
 
 def forward_flops(config: DualEncoderConfig, params: Any, shape: StepShape) -> float:
   """FLOPs of the forward pass of one global batch: encoder matrices, attention, the loss."""
-  b, h = shape.batch_size, shape.num_negatives
-  squared = b * (shape.x_length ** 2 + (1 + h) * shape.y_length ** 2)
-  return _forward(config, params, shape.tokens, squared, b, h)
+  x_rows, y_rows = shape.rows
+  squared = x_rows * shape.x_length ** 2 + y_rows * shape.y_length ** 2
+  return _forward(config, params, shape.tokens, squared, shape.batch_size, shape.num_negatives)
 
 
 def train_step_flops(config: DualEncoderConfig, params: Any, shape: StepShape) -> float:

@@ -23,6 +23,8 @@ REQUIRED = [
     "embed_jax.data",
     "embed_jax.data.batch_format",
     "embed_jax.data.global_batches",
+    "embed_jax.data.packing",
+    "embed_jax.data.packed_batches",
     "embed_jax.data.order",
     "embed_jax.data.pair_files",
     "embed_jax.data.stdlib_corpus",

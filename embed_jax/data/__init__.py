@@ -15,4 +15,6 @@ The only package of embed_jax that uses tensorflow (through seqio). Importing
   pipeline           host-local batches of a task or mixture, with a JSON-serialisable state
   batch_format       the batch contract with the train step; y_ids hashing (no tensorflow)
   global_batches     host-local batches -> global `jax.Array`s sharded over the mesh (no tensorflow)
+  packing            several texts per row: best-fit decreasing packing of one set of texts (no tensorflow)
+  packed_batches     a host batch packed per (shard, chunk) group for the train step (no tensorflow)
 """

@@ -8,7 +8,7 @@ sees only jax arrays.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
 import jax
@@ -50,13 +50,21 @@ def check_process_rows(mesh: Mesh, global_batch_size: int, local_rows: slice,
 
 
 def to_global(host_batch: Mapping[str, np.ndarray], mesh: Mesh, global_batch_size: int,
-              rules: partitioning.LogicalRules | None = None) -> dict[str, jax.Array]:
-  """Global arrays [global_batch_size, ...] from this process's rows of each feature."""
+              rules: partitioning.LogicalRules | None = None,
+              local_batch_size: int | None = None) -> dict[str, jax.Array]:
+  """Global arrays [global_batch_size, ...] from this process's rows of each feature.
+
+  With `local_batch_size` (this process's share of the batch), an array of r
+  local rows becomes r * global_batch_size / local_batch_size global rows, so
+  arrays whose leading dimension is not the batch (packed rows) work too.
+  """
   out = {}
   for name, local in host_batch.items():
     sharding = partitioning.batch_sharding(mesh, local.ndim, rules)
-    out[name] = jax.make_array_from_process_local_data(
-        sharding, local, (global_batch_size,) + local.shape[1:])
+    rows = global_batch_size
+    if local_batch_size is not None:
+      rows = local.shape[0] * global_batch_size // local_batch_size
+    out[name] = jax.make_array_from_process_local_data(sharding, local, (rows,) + local.shape[1:])
   return out
 
 
@@ -67,13 +75,19 @@ class GlobalBatchIterator:
     host_iterator: gives this process's rows of each global batch.
     mesh: the device mesh; the batch is sharded over its batch axes.
     rules: logical axis rules (default `partitioning.DEFAULT_RULES`).
+    transform: applied to each host batch before it becomes global (e.g.
+      `packed_batches.pack_batch`); leading dimensions scale from this
+      process's share to the global batch. The iterator state is the host
+      iterator's either way.
   """
 
   def __init__(self, host_iterator: HostBatchIterator, mesh: Mesh,
-               rules: partitioning.LogicalRules | None = None):
+               rules: partitioning.LogicalRules | None = None,
+               transform: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None):
     self.host_iterator = host_iterator
     self.mesh = mesh
     self.rules = rules
+    self.transform = transform
     multiple = partitioning.batch_size_multiple(mesh, rules)
     if host_iterator.global_batch_size % multiple:
       raise ValueError(f"global batch {host_iterator.global_batch_size} is not divisible by the "
@@ -84,7 +98,12 @@ class GlobalBatchIterator:
     return self
 
   def __next__(self) -> dict[str, jax.Array]:
-    return to_global(next(self.host_iterator), self.mesh, self.host_iterator.global_batch_size, self.rules)
+    batch = next(self.host_iterator)
+    if self.transform is not None:
+      batch = self.transform(batch)
+    rows = self.host_iterator.local_rows
+    return to_global(batch, self.mesh, self.host_iterator.global_batch_size, self.rules,
+                     local_batch_size=rows.stop - rows.start)
 
   def get_state(self) -> dict[str, Any]:
     """JSON-serialisable position (store it in the training checkpoint)."""

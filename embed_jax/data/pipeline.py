@@ -228,6 +228,9 @@ class PairBatchIterator:
 
 
 def global_batch_iterator(mesh: jax.sharding.Mesh, config: DataConfig | None = None,
-                          rules: partitioning.LogicalRules | None = None):
-  """`GlobalBatchIterator` over this process's `PairBatchIterator` (config from gin if None)."""
-  return global_batches.GlobalBatchIterator(PairBatchIterator(config), mesh, rules)
+                          rules: partitioning.LogicalRules | None = None, transform=None):
+  """`GlobalBatchIterator` over this process's `PairBatchIterator` (config from gin if None).
+
+  transform: the iterator's host-batch transform (e.g. packing), or None.
+  """
+  return global_batches.GlobalBatchIterator(PairBatchIterator(config), mesh, rules, transform)

@@ -16,6 +16,7 @@ Param tree (`params` collection):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Union
 
@@ -152,6 +153,7 @@ class DualEncoder(nn.Module):
       text_of_token: jax.Array,
       pool_index: jax.Array,
       *,
+      groups: int = 1,
       deterministic: bool = True,
   ) -> jax.Array:
     """Embeds N texts packed into R rows (`embed_jax.data.packing`): float32 [N, d].
@@ -159,10 +161,27 @@ class DualEncoder(nn.Module):
     tokens, segment_ids, text_of_token: [R, L]; pool_index: [N]. Equals `embed`
     on the unpacked texts: attention and positions stay inside each segment,
     and the side's delimiters (hence its eos position) are in `pool_index`.
+
+    groups: the rows and texts form this many independent packings, equal
+      consecutive blocks of R/groups rows and N/groups texts, each with
+      `text_of_token` and `pool_index` local to its block (as
+      `data.packed_batches` lays them out). Pooling is batched over the
+      groups (a vmap), so a leading dimension sharded in groups (the mesh's
+      batch shards) stays sharded: no gathers across devices.
     """
+    rows, length = tokens.shape
+    if rows % groups or pool_index.shape[0] % groups:
+      raise ValueError(f"{rows} rows and {pool_index.shape[0]} texts do not split into "
+                       f"{groups} groups")
     hidden = self.encoder(tokens, segment_ids > 0, segment_ids=segment_ids,
                           deterministic=deterministic)
-    return self._finish(pooling.pool_packed(hidden, pool_index, text_of_token, self.config.pooling))
+    hidden = layers.constrain(hidden.reshape(groups, rows // groups, length, -1),
+                              ("batch", None, "length", "embed"))
+    pool = functools.partial(pooling.pool_packed, method=self.config.pooling)
+    pooled = jax.vmap(pool)(hidden, pool_index.reshape(groups, -1),
+                            text_of_token.reshape(groups, rows // groups, length))
+    pooled = layers.constrain(pooled, ("batch", None, "embed"))
+    return self._finish(pooled.reshape(pool_index.shape[0], -1))
 
   def _finish(self, pooled: jax.Array) -> jax.Array:
     """Projection (if any), float32 and L2 normalisation (if on) of pooled [N, D]."""

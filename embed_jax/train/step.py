@@ -18,6 +18,15 @@ do not depend on which path runs.
 Chunks are cut inside each device's shard (chunk c holds rows c*m..(c+1)*m of
 every shard), so chunking moves no data between devices.
 
+Packed batches (`embed_jax.data.packed_batches`: several texts per row) give
+the same loss and gradients: each (shard, chunk) group of texts is packed on
+its own into Rg rows laid out shard-major then chunk, so `_chunk` cuts the row
+arrays as it cuts the texts, and each chunk embeds its K*Rg rows and pools
+per shard (`DualEncoder.embed_packed` with groups=K), without gathers across
+devices. Only dropout differs: its masks are drawn over the packed rows, so
+with dropout on a packed step is a different (equally valid) sample of masks
+than the padded step's.
+
 A non-finite loss or gradient norm leaves params and optimizer state as they
 were; the step still advances (the batch is consumed) and the skip is counted.
 """
@@ -35,6 +44,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from embed_jax import partitioning
+from embed_jax.data import packed_batches
 from embed_jax.losses import contrastive_loss
 from embed_jax.models.dual_encoder import DualEncoder
 from embed_jax.train.state import TrainState
@@ -55,11 +65,17 @@ class StepConfig:
     mask_duplicates: do not count pairs with the same y text as negatives
       (uses the batch's `y_ids`).
     dropout: train with the model's dropout rates (False: deterministic).
+      With `pack` the dropout masks fall on packed rows, so they differ from
+      the padded batch's (the loss and gradients are equal without dropout).
+    pack: the trainer packs each host batch (`data.packed_batches.pack_batch`)
+      before it becomes global, several texts per row; the step then compiles
+      once per distinct packed shape. The step itself takes either layout.
   """
   grad_cache_chunks: int = 1
   loss_impl: str = "gather"
   mask_duplicates: bool = True
   dropout: bool = True
+  pack: bool = False
 
 
 class TrainStep:
@@ -87,13 +103,24 @@ class TrainStep:
 
   # ---- chunking (within each device's shard) ----
 
-  def check_batch(self, batch_size: int) -> None:
-    """Raises unless the global batch splits into shards and each shard into chunks."""
+  def check_batch(self, batch: Mapping[str, Any]) -> None:
+    """Raises unless the global batch (arrays or shapes) splits into shards and each shard into chunks.
+
+    A packed batch's row arrays must split so too (`pack_batch` lays them out so).
+    """
     n = self.config.grad_cache_chunks
-    if batch_size % (self.num_shards * n):
+    groups = self.num_shards * n
+    packed = packed_batches.is_packed(batch)
+    batch_size = batch["x_pool_index" if packed else "x_tokens"].shape[0]
+    if batch_size % groups:
       raise ValueError(
           f"global batch {batch_size} must be a multiple of {self.num_shards} batch shards x "
-          f"{n} grad_cache_chunks = {self.num_shards * n}")
+          f"{n} grad_cache_chunks = {groups}")
+    for key in (k for k in batch if packed and k.endswith("_packed_tokens")):
+      if batch[key].shape[0] % groups:
+        raise ValueError(f"{key} has {batch[key].shape[0]} rows, not a multiple of "
+                         f"{groups} (batch shards x grad_cache_chunks): pack it with "
+                         f"pack_batch(groups=shards on this process x {n})")
 
   def _chunk(self, a: jax.Array) -> jax.Array:
     """[B, ...] -> [N, B/N, ...]: chunk c = rows c*m..(c+1)*m of every shard (m = B/(K*N))."""
@@ -114,20 +141,32 @@ class TrainStep:
   # ---- the model and the loss ----
 
   def embed_chunk(self, params: Any, chunk: Batch, rng: jax.Array) -> dict[str, jax.Array]:
-    """Embeds one chunk: {"x": [b, d], "y": [b, d], "neg": [b, H, d] when the batch has negatives}."""
-    deterministic = not self.config.dropout
+    """Embeds one chunk: {"x": [b, d], "y": [b, d], "neg": [b, H, d] when the batch has negatives}.
 
-    def embed(tokens, mask, side, key):
-      return self.module.apply(
-          {"params": params}, tokens, mask, side=side, deterministic=deterministic,
-          rngs={"dropout": jax.random.fold_in(rng, _SIDE_KEYS[key])}, method=DualEncoder.embed)
-    out = {"x": embed(chunk["x_tokens"], chunk["x_mask"], "x", "x"),
-           "y": embed(chunk["y_tokens"], chunk["y_mask"], "y", "y")}
-    if "neg_tokens" in chunk:
-      b, h, length = chunk["neg_tokens"].shape
-      neg = embed(chunk["neg_tokens"].reshape(b * h, length),
-                  chunk["neg_mask"].reshape(b * h, length), "y", "neg")
-      out["neg"] = neg.reshape(b, h, -1)
+    The chunk is padded (x_tokens, x_mask [b, Lx], ...) or packed (the
+    `packed_batches` keys, K*Rg rows of each side, pool_index [b] / [b, H]);
+    either way the b = K*m rows come out in the chunk's row order.
+    """
+    deterministic = not self.config.dropout
+    packed = packed_batches.is_packed(chunk)
+
+    def embed(key, side):
+      rngs = {"dropout": jax.random.fold_in(rng, _SIDE_KEYS[key])}
+      if packed:
+        pool_index = chunk[f"{key}_pool_index"]
+        out = self.module.apply(
+            {"params": params}, chunk[f"{key}_packed_tokens"], chunk[f"{key}_segment_ids"],
+            chunk[f"{key}_text_of_token"], pool_index.reshape(-1), groups=self.num_shards,
+            deterministic=deterministic, rngs=rngs, method=DualEncoder.embed_packed)
+        return out.reshape(*pool_index.shape, -1)
+      tokens, mask = chunk[f"{key}_tokens"], chunk[f"{key}_mask"]
+      out = self.module.apply(
+          {"params": params}, tokens.reshape(-1, tokens.shape[-1]), mask.reshape(-1, mask.shape[-1]),
+          side=side, deterministic=deterministic, rngs=rngs, method=DualEncoder.embed)
+      return out.reshape(*tokens.shape[:-1], -1)
+    out = {"x": embed("x", "x"), "y": embed("y", "y")}
+    if f"neg_{'pool_index' if packed else 'tokens'}" in chunk:
+      out["neg"] = embed("neg", "y")
     return out
 
   def log_temp(self, params: Any) -> jax.Array:
@@ -142,7 +181,9 @@ class TrainStep:
         hard_negatives=embeddings.get("neg"), mask_duplicates=ids, rules=self.rules)
 
   def _inputs(self, batch: Batch) -> dict[str, jax.Array]:
-    return {k: v for k, v in batch.items() if k.endswith(("_tokens", "_mask"))}
+    """The encoder's inputs of a padded or packed batch (each chunks along its leading dim)."""
+    suffixes = ("_tokens", "_mask", "_segment_ids", "_text_of_token", "_pool_index")
+    return {k: v for k, v in batch.items() if k.endswith(suffixes)}
 
   # ---- gradients ----
 
@@ -224,19 +265,65 @@ class TrainStep:
       metrics["learning_rate"] = jnp.asarray(self.schedule(state.step), jnp.float32)
     return new_state, metrics
 
-  def compile(self, state_shardings: TrainState, abstract_state: TrainState,
-              abstract_batch: Mapping[str, jax.ShapeDtypeStruct]) -> Callable:
-    """The step jitted with in/out shardings and the state donated, compiled ahead of time."""
-    batch_shardings = {k: partitioning.batch_sharding(self.mesh, v.ndim, self.rules)
-                       for k, v in abstract_batch.items()}
-    self.check_batch(next(iter(abstract_batch.values())).shape[0])
-    jitted = jax.jit(self, in_shardings=(state_shardings, batch_shardings),
-                     out_shardings=(state_shardings, partitioning.replicated(self.mesh)),
-                     donate_argnums=(0,))
-    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_shardings[k])
+  def jit(self, state_shardings: TrainState, batch_keys: Mapping[str, Any]) -> Callable:
+    """The step jitted with in/out shardings and the state donated (lowered per batch shape).
+
+    batch_keys: the batch's arrays or shapes (only keys and ranks matter).
+    """
+    batch_shardings = self.batch_shardings(batch_keys)
+    return jax.jit(self, in_shardings=(state_shardings, batch_shardings),
+                   out_shardings=(state_shardings, partitioning.replicated(self.mesh)),
+                   donate_argnums=(0,))
+
+  def batch_shardings(self, batch: Mapping[str, Any]) -> dict[str, NamedSharding]:
+    """Each batch array sharded along its leading dim over the batch axes."""
+    return {k: partitioning.batch_sharding(self.mesh, v.ndim, self.rules) for k, v in batch.items()}
+
+  def lower_and_compile(self, jitted: Callable, abstract_state: TrainState,
+                        abstract_batch: Mapping[str, jax.ShapeDtypeStruct]) -> Any:
+    """`jitted` (from `jit`) compiled ahead of time for one batch shape."""
+    self.check_batch(abstract_batch)
+    shardings = self.batch_shardings(abstract_batch)
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=shardings[k])
              for k, v in abstract_batch.items()}
     with partitioning.activate(self.mesh, self.rules):
       return jitted.lower(abstract_state, batch).compile()
+
+  def compile(self, state_shardings: TrainState, abstract_state: TrainState,
+              abstract_batch: Mapping[str, jax.ShapeDtypeStruct]) -> Callable:
+    """The step jitted with in/out shardings and the state donated, compiled ahead of time."""
+    return self.lower_and_compile(self.jit(state_shardings, abstract_batch), abstract_state,
+                                  abstract_batch)
+
+
+class CompiledSteps:
+  """The step jitted once and compiled ahead of time per distinct batch shape.
+
+  Packed batches vary in rows from batch to batch (in few buckets); each new
+  shape is compiled on first sight and kept. Call it as the compiled step:
+  `state, metrics = steps(state, batch)`.
+  """
+
+  def __init__(self, step: TrainStep, state_shardings: TrainState, abstract_state: TrainState,
+               batch_keys: Mapping[str, Any]):
+    self.step, self.abstract_state = step, abstract_state
+    self.jitted = step.jit(state_shardings, batch_keys)
+    self.compiled: dict[tuple, Any] = {}
+
+  @staticmethod
+  def shape_key(batch: Mapping[str, Any]) -> tuple:
+    return tuple(sorted((k, tuple(v.shape), str(v.dtype)) for k, v in batch.items()))
+
+  def compiled_for(self, batch: Mapping[str, Any]) -> Any:
+    """The compiled step for `batch`'s shapes (compiling it the first time)."""
+    key = self.shape_key(batch)
+    if key not in self.compiled:
+      abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
+      self.compiled[key] = self.step.lower_and_compile(self.jitted, self.abstract_state, abstract)
+    return self.compiled[key]
+
+  def __call__(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+    return self.compiled_for(batch)(state, batch)
 
 
 def describe_compiled(compiled: Any, pairs_per_step: int, num_devices: int) -> str:

@@ -4,7 +4,9 @@ Resume order: this run's latest checkpoint in `model_dir/checkpoints`, else
 `init_from` (a model directory, or anything `embed-jax convert` reads, converted
 once into `model_dir/pretrained`), else a scratch initialisation (params
 created sharded). The step is compiled ahead
-of the loop; its memory and FLOPs are printed before step 1. Checkpoints are
+of the loop; its memory and FLOPs are printed before step 1. With
+`StepConfig.pack` each host batch is packed (several texts a row) before it
+becomes global, and the step, jitted once, compiles once per packed shape. Checkpoints are
 saved every `checkpoint_every` steps, on SIGTERM/SIGINT and at the end; the
 final model is written as a model directory in `model_dir/final` and, when
 asked, exported for sentence-transformers to `model_dir/sentence_transformers`.
@@ -13,6 +15,7 @@ asked, exported for sentence-transformers to `model_dir/sentence_transformers`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import logging
 import shutil
@@ -27,12 +30,12 @@ import numpy as np
 
 from embed_jax import flops, partitioning, tokenization
 from embed_jax.checkpoints import model_dir as model_dir_lib
-from embed_jax.data import global_batches
+from embed_jax.data import global_batches, packed_batches
 from embed_jax.models.dual_encoder import DualEncoderConfig, build_dual_encoder
 from embed_jax.models.sharded_init import abstract_params, example_inputs, init_params
 from embed_jax.train import checkpointing, eval_hook, metrics as metrics_lib, optimizer
 from embed_jax.train import state as state_lib
-from embed_jax.train.step import StepConfig, TrainStep, describe_compiled
+from embed_jax.train.step import CompiledSteps, StepConfig, TrainStep, describe_compiled
 from embed_jax.train.synthetic import SyntheticPairs
 
 log = logging.getLogger(__name__)
@@ -92,11 +95,24 @@ class _StopSignal:
     return bool(flag)
 
 
-def _batches(data_source: str, mesh, rules, text_encoder) -> global_batches.GlobalBatchIterator:
+def host_packer(config: DualEncoderConfig, step_config: StepConfig, mesh, rules, pad_id: int):
+  """`pack_batch` for this process's host batches: its batch shards x grad_cache_chunks groups."""
+  shards, processes = partitioning.batch_size_multiple(mesh, rules), jax.process_count()
+  if shards % processes:
+    raise ValueError(f"packing needs each of the {processes} processes to hold whole batch "
+                     f"shards, but the mesh has {shards} batch shards")
+  closing = {s: config.closing_id(s) for s in ("x", "y")} if config.pooling == "eos" else None
+  return functools.partial(
+      packed_batches.pack_batch, groups=shards // processes * step_config.grad_cache_chunks,
+      pooling=config.pooling, closing_ids=closing, pad_id=pad_id)
+
+
+def _batches(data_source: str, mesh, rules, text_encoder,
+             transform=None) -> global_batches.GlobalBatchIterator:
   if data_source == "synthetic":
-    return global_batches.GlobalBatchIterator(SyntheticPairs(text_encoder), mesh, rules)
+    return global_batches.GlobalBatchIterator(SyntheticPairs(text_encoder), mesh, rules, transform)
   from embed_jax.data import pipeline  # pylint: disable=import-outside-toplevel  # tensorflow side.
-  return pipeline.global_batch_iterator(mesh, None, rules)
+  return pipeline.global_batch_iterator(mesh, None, rules, transform)
 
 
 def _tokenizer_source(text_encoder: tokenization.TextEncoder) -> tuple[str, dict]:
@@ -229,7 +245,9 @@ def train(
   writer = None
   checkpointer = checkpointing.Checkpointer(model_dir, keep=keep, async_save=async_checkpoints)
   try:
-    batches = _batches(data_source, mesh, rules, text_encoder)
+    transform = (host_packer(config, step_config, mesh, rules, text_encoder.pad_id)
+                 if step_config.pack else None)
+    batches = _batches(data_source, mesh, rules, text_encoder, transform)
     restored = checkpointer.restore_latest(abstract_state)
     if restored is not None:
       start, state, data_state = restored
@@ -251,11 +269,14 @@ def train(
     step_fn = step_class(module, tx, schedule, mesh, rules, params_shardings, step_config)
     batch = next(batches) if start < steps else None
     data_state = batches.get_state()
+    steps_fn = CompiledSteps(step_fn, shardings, abstract_state, batch) if batch is not None else None
     if batch is not None:
-      abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
-      compiled = step_fn.compile(shardings, abstract_state, abstract_batch)
       pairs = batches.host_iterator.global_batch_size
-      writer.print(describe_compiled(compiled, pairs, mesh.size))
+      if step_config.pack:
+        rows = {k.split("_")[0]: v.shape[0] for k, v in batch.items() if k.endswith("_packed_tokens")}
+        writer.print(f"packed batches ({pairs} pairs; first batch rows {rows}): the step compiles "
+                     "once per packed shape; memory and FLOPs below are the first shape's")
+      writer.print(describe_compiled(steps_fn.compiled_for(batch), pairs, mesh.size))
       model_flops = flops.train_step_flops(config, abstract, flops.StepShape.of_batch(batch))
       writer.print(f"model FLOPs per step (analytic, 6*N*tokens + attention + loss): "
                    f"{model_flops:.4g} ({model_flops / pairs:.4g} per pair)")
@@ -272,7 +293,7 @@ def train(
     step = last_logged = start
     with _StopSignal() as stop:
       while step < steps:
-        state, metrics = compiled(state, batch)
+        state, metrics = steps_fn(state, batch)
         step += 1
         values = metrics_lib.to_python(metrics)
         if step % log_every == 0 or step == steps or values["skipped"]:
@@ -302,6 +323,7 @@ def train(
       checkpointer.save(step, state, data_state)  # No-op when this step is saved already.
       checkpointer.wait()
     summary["step"] = step
+    summary["compiled_shapes"] = len(steps_fn.compiled) if steps_fn is not None else 0
     if summary["stopped_by"] is None:
       tokenizer_path, templates = _tokenizer_source(text_encoder)
       final = model_dir_lib.save_model(

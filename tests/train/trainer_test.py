@@ -12,6 +12,7 @@ pair costs seconds a step across processes, which would make this file slow.
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -263,3 +264,27 @@ def test_consecutive_nonfinite_steps_stop_the_run_with_the_last_good_checkpoint(
     checkpointer.close()
   assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(state["params"]))
   assert int(state["nonfinite_total"]) == 1
+
+
+def test_packed_run_equals_padded_run_without_dropout(tmp_path, capsys, minilm_tokenizer_json):
+  """StepConfig.pack: host batches packed per (shard, chunk); same losses and params as padded."""
+  common = ["train.steps=4", "train.checkpoint_every=100", "StepConfig.dropout=False",
+            "SyntheticPairs.batch_size=64", "SyntheticPairs.y_length=32"]
+  padded = _train_in_process(tmp_path / "padded", minilm_tokenizer_json, common)
+  packed = _train_in_process(tmp_path / "packed", minilm_tokenizer_json, common + [
+      "StepConfig.pack=True", "StepConfig.grad_cache_chunks=2"])
+  assert packed["step"] == padded["step"] == 4 and packed["compiled_shapes"] >= 1
+  rows = re.search(r"first batch rows \{'x': (\d+), 'y': (\d+), 'neg': (\d+)\}", capsys.readouterr().out)
+  assert int(rows[2]) < 64 and int(rows[3]) < 64  # y texts (<= 16 tokens in rows of 32) share rows.
+  ma, mb = _metrics(tmp_path / "padded"), _metrics(tmp_path / "packed")
+  assert sorted(mb) == [1, 2, 3, 4]
+  for step in ma:
+    assert np.isfinite(mb[step]["loss"]) and mb[step]["skipped"] == 0
+    # Not accuracy: synthetic hard negatives are other pairs' y texts, exact ties in the
+    # logits, so which one argmax picks turns on the last bit of float32.
+    for key in ("loss", "grad_norm", "temperature", "learning_rate", "positive_cosine"):
+      assert mb[step][key] == pytest.approx(ma[step][key], abs=1e-5, rel=1e-5), (step, key)
+  import jax  # pylint: disable=import-outside-toplevel
+  for a, b in zip(jax.tree.leaves(_final_params(tmp_path / "padded")),
+                  jax.tree.leaves(_final_params(tmp_path / "packed"))):
+    np.testing.assert_allclose(b, a, atol=1e-5, rtol=0)
