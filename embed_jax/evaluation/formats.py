@@ -50,11 +50,15 @@ def _lines(path: str) -> Iterator[tuple[int, str]]:
 
 
 def read_labelled_sentences(path: str) -> tuple[list[str], list[int]]:
-  """(sentences, integer labels) of a SentEval file with `<label> <sentence>` lines."""
+  """(sentences, integer labels) of a SentEval file with `<label> <sentence>` lines.
+
+  A label with nothing after it is a record of the empty sentence (CR has one);
+  it is kept, so the counts and folds stay those of the data set.
+  """
   sentences, labels = [], []
   for number, line in _lines(path):
     label, _, sentence = line.partition(" ")
-    if not label.lstrip("-").isdigit() or not sentence.strip():
+    if not label.lstrip("-").isdigit():
       raise DataFormatError(
           f"{path}:{number}: expected `<integer label> <sentence>`, got {line[:80]!r}")
     sentences.append(sentence.strip())

@@ -19,6 +19,8 @@ def _write(path, text, mode="w"):
 def test_senteval_lines_with_latin1(tmp_path):
   path = _write(tmp_path / "s.all", "1 caf\xe9 au lait\n\n0 plain text \n".encode("latin-1"), "wb")
   assert formats.read_labelled_sentences(path) == (["caf\xe9 au lait", "plain text"], [1, 0])
+  # A label alone is the empty sentence (CR's line 769 is "0 "), not an error.
+  assert formats.read_labelled_sentences(_write(tmp_path / "e.all", "0 \n1 ok\n")) == (["", "ok"], [0, 1])
   bad = _write(tmp_path / "bad.all", "1 fine\npositive great movie\n")
   with pytest.raises(DataFormatError, match=r"bad.all:2: expected `<integer label> <sentence>`"):
     formats.read_labelled_sentences(bad)
