@@ -23,3 +23,7 @@ test:
 # Every benchmark in its smallest form, so CI proves they still run.
 bench-smoke:
 	.venv/bin/python bench/loss_memory.py --smoke
+	.venv/bin/python bench/mfu.py --smoke
+	.venv/bin/python bench/mfu.py --smoke --pack
+	.venv/bin/python bench/grad_cache_overhead.py --smoke
+	.venv/bin/python bench/compare_sentence_transformers.py --smoke --pack

