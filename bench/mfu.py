@@ -147,7 +147,7 @@ def main() -> None:
   print(f"model FLOPs/step     {np.median(model_flops):10.4g} (real tokens only)")
   print(f"XLA FLOPs/step       {np.median(xla_flops):10.4g} (as compiled: padding, recompute)")
   print(f"achieved             {achieved / 1e9:10.1f} GFLOP/s of model work")
-  print(f"matmul peak          {peak / 1e9:10.1f} GFLOP/s ({peak_size}^2 {dtype} on one device)")
+  print(f"matmul peak          {peak / 1e9:10.1f} GFLOP/s ({peak_size}^2 {dtype} on one device, best of 5)")
   print(f"hfu {np.median(xla_flops) / step_seconds / (peak * mesh.size):.3f}")
   print(f"mfu {achieved / (peak * mesh.size):.3f}")
 
