@@ -10,6 +10,7 @@ equal to it in tests/losses, and on CPU gloo their all_gather/reduce-scatter
 pair costs seconds a step across processes, which would make this file slow.
 """
 
+import atexit
 import json
 import os
 import re
@@ -50,6 +51,7 @@ def _bindings(tokenizer_json):
 GIN_FILES = ["models/tiny.gin", "data/vocab_minilm.gin"]
 # Restarted runs compile the same programs again: a cache shared by this file's subprocesses.
 COMPILATION_CACHE = tempfile.mkdtemp(prefix="embed_jax_train_test_xla_cache_")
+atexit.register(shutil.rmtree, COMPILATION_CACHE, ignore_errors=True)
 
 
 def _train_in_process(model_dir, tokenizer_json, extra=(), **kwargs):
