@@ -218,6 +218,13 @@ def host_local_batch_slice(global_batch: int, *, process_count: int | None = Non
   return slice(index * per_process, (index + 1) * per_process)
 
 
+def barrier(name: str) -> None:
+  """Waits until every process reaches the barrier `name` (a no-op with one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices(name)
+
+
 def describe(mesh: Mesh) -> str:
   """One line naming the mesh shape and device kind, for logs."""
   shape = " x ".join(f"{a}={n}" for a, n in mesh.shape.items())

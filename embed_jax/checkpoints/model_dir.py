@@ -162,9 +162,8 @@ def save_model(directory: str | Path, config: DualEncoderConfig, params: Any, *,
       raise ModelDirError(f"{directory} exists and is not empty (pass overwrite=True to replace it)")
     if jax.process_index() == 0:
       shutil.rmtree(directory)
-  if jax.process_count() > 1:  # No process writes before process 0 has cleared the folder.
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-    multihost_utils.sync_global_devices(f"embed_jax.save_model:{directory}")
+  # No process writes before process 0 has cleared the folder.
+  partitioning.barrier(f"embed_jax.save_model:{directory}")
   directory.mkdir(parents=True, exist_ok=True)
   tokenizer_path = Path(tokenization.resolve_path(str(tokenizer_path)))
   suffix = tokenizer_path.suffix

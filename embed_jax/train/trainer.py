@@ -123,12 +123,6 @@ def _tokenizer_source(text_encoder: tokenization.TextEncoder) -> tuple[str, dict
   return text_encoder.tokenizer.name, templates
 
 
-def _barrier(name: str) -> None:
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-    multihost_utils.sync_global_devices(name)
-
-
 def resolve_init_from(init_from: str, model_dir: Path) -> str:
   """A model directory for `init_from`: itself when it is one, else its conversion.
 
@@ -143,7 +137,7 @@ def resolve_init_from(init_from: str, model_dir: Path) -> str:
   target = model_dir / PRETRAINED_DIR
   if jax.process_index() == 0 and not (target / model_dir_lib.CONFIG_FILE).is_file():
     convert.convert(source, target, overwrite=True)
-  _barrier("embed_jax_convert_init_from")
+  partitioning.barrier("embed_jax_convert_init_from")
   return str(target)
 
 
@@ -154,7 +148,7 @@ def export_final(final: Path, model_dir: Path) -> Path:
   if jax.process_index() == 0:
     shutil.rmtree(target, ignore_errors=True)
     export_st.export(final, target)
-  _barrier("embed_jax_export_final")
+  partitioning.barrier("embed_jax_export_final")
   return target
 
 
