@@ -28,6 +28,7 @@ import jax.numpy as jnp
 
 from embed_jax.models import layers, stack
 from embed_jax.models.attention import Attention
+from embed_jax.models.dropout import Dropout
 from embed_jax.models.positions import default_positions
 
 
@@ -94,14 +95,14 @@ class BertBlock(nn.Module):
         dtype=dtype, param_dtype=param_dtype, causal=False,
         dropout_rate=cfg.attention_dropout_rate, implementation=cfg.attention_impl,
         name="attention")(x, key_mask, positions, segment_ids, deterministic)
-    h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+    h = Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
     x = layers.norm("layernorm", name="attention_norm", **norm)(x + h)
 
     h = layers.Mlp(
         d_ff=cfg.d_ff, activation=cfg.mlp_activation, gated=False, use_bias=True,
         init_std=cfg.init_std, out_init_std=cfg.init_std, dtype=dtype, param_dtype=param_dtype,
         name="mlp")(x)
-    h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+    h = Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
     x = layers.norm("layernorm", name="mlp_norm", **norm)(x + h)
     return layers.constrain(x, layers.HIDDEN_AXES), None
 
@@ -136,7 +137,7 @@ class BertEncoder(nn.Module):
     x = x + type_table(jnp.zeros_like(tokens))
     x = layers.norm("layernorm", epsilon=cfg.norm_eps, dtype=dtype, param_dtype=param_dtype,
                     name="embed_norm")(x)
-    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    x = Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     x = layers.constrain(x, layers.HIDDEN_AXES)
 
     return stack.run_blocks(

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 
 from embed_jax.models import layers, stack
 from embed_jax.models.attention import Attention
+from embed_jax.models.dropout import Dropout
 from embed_jax.models.positions import default_positions
 
 POSITION_EMBEDDINGS = ("learned", "rope")
@@ -68,7 +69,8 @@ class DecoderConfig:
     remat_policy: "none", "full", "dots" or "dots_no_batch" (rematerialise each block).
     scan_layers: run the blocks with `nn.scan` over params stacked under `layers`
       (compile time flat in depth); see `models/stack.py`.
-    attention_impl: `jax.nn.dot_product_attention` implementation: None, "xla" or "cudnn".
+    attention_impl: None (on CPU "fused", elsewhere jax chooses), "fused" (our
+      `fused_attention`), or `jax.nn.dot_product_attention`'s "xla" or "cudnn".
   """
   vocab_size: int = 50257
   d_model: int = 768
@@ -148,14 +150,14 @@ class DecoderBlock(nn.Module):
         rope_theta=cfg.rope_theta if cfg.position_embedding == "rope" else None,
         dropout_rate=cfg.attention_dropout_rate, implementation=cfg.attention_impl,
         name="attention")(h, key_mask, positions, segment_ids, deterministic)
-    x = x + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+    x = x + Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
 
     h = layers.norm(cfg.norm, name="mlp_norm", **norm)(x)
     h = layers.Mlp(
         d_ff=cfg.ff_size, activation=cfg.mlp_activation, gated=cfg.gated_mlp,
         use_bias=cfg.mlp_bias, init_std=cfg.init_std, out_init_std=out_init_std,
         dtype=dtype, param_dtype=param_dtype, name="mlp")(h)
-    x = x + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+    x = x + Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
     return layers.constrain(x, layers.HIDDEN_AXES), None
 
 
@@ -198,7 +200,7 @@ class Decoder(nn.Module):
     if cfg.position_embedding == "learned":
       x = x + layers.embedding(
           cfg.max_length, cfg.d_model, None, name="position_embed", **embed)(positions)
-    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    x = Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     x = layers.constrain(x, layers.HIDDEN_AXES)
 
     x = stack.run_blocks(
