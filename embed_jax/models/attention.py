@@ -13,7 +13,23 @@ import jax
 import jax.numpy as jnp
 
 from embed_jax.models import layers
+from embed_jax.models.dropout import apply_dropout
+from embed_jax.models.fused_attention import fused_attention
 from embed_jax.models.positions import apply_rope
+
+# None: "fused" on CPU (see fused_attention.py: 2-4x faster there), elsewhere
+# jax.nn.dot_product_attention's own choice; "xla" / "cudnn": that function's paths.
+IMPLEMENTATIONS = (None, "fused", "xla", "cudnn")
+
+
+def resolve_implementation(implementation: str | None) -> str | None:
+  """The attention path `implementation` names on the default backend (None: jax chooses)."""
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(f"unknown attention implementation {implementation!r}; expected None or "
+                     f"one of {list(IMPLEMENTATIONS[1:])}")
+  if implementation is None and jax.default_backend() == "cpu":
+    return "fused"
+  return implementation
 
 
 def padding_and_segment_mask(key_mask: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
@@ -68,10 +84,17 @@ def dot_product_attention(
     mask: bool [B, 1, L, L] (see `padding_and_segment_mask`); causal and
       sliding-window constraints are added from the flags.
     dropout_rng: when given with dropout_rate > 0, attention probabilities
-      are dropped out (an explicit einsum path); otherwise
-      `jax.nn.dot_product_attention` runs, with its fast paths
-      (`implementation` = None | "xla" | "cudnn").
+      are dropped out.
+    implementation: one of `IMPLEMENTATIONS`: "fused" (`fused_attention`,
+      dropout included), or `jax.nn.dot_product_attention` with its fast paths
+      (None | "xla" | "cudnn"; with dropout, the explicit einsum path instead).
+      None is "fused" on CPU.
   """
+  implementation = resolve_implementation(implementation)
+  if implementation == "fused":
+    return fused_attention(
+        query, key, value, mask & structural_mask(query.shape[1], causal, sliding_window),
+        dropout_rate=dropout_rate, dropout_rng=dropout_rng)
   if dropout_rate > 0.0 and dropout_rng is not None:
     full_mask = mask & structural_mask(query.shape[1], causal, sliding_window)
     return explicit_attention(
@@ -102,8 +125,7 @@ def explicit_attention(
   logits = jnp.where(mask[:, :, None], logits, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(logits, axis=-1)
   if dropout_rate > 0.0 and dropout_rng is not None:
-    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
-    probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+    probs = apply_dropout(probs, dropout_rng, dropout_rate)
   out = jnp.einsum("bkgts,bskh->btkgh", probs.astype(value.dtype), value)
   return out.reshape(batch, length, num_heads, head_dim)
 
