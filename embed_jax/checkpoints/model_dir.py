@@ -21,6 +21,7 @@ from typing import Any
 
 import gin
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
@@ -225,11 +226,19 @@ def load_params(directory: str | Path, module: DualEncoder, mesh: Mesh | None = 
 
 
 def load_model(directory: str | Path, mesh: Mesh | None = None,
-               rules: partitioning.LogicalRules | None = None) -> LoadedModel:
-  """Loads a model directory: config, module, params (on `mesh` when given) and text encoder."""
+               rules: partitioning.LogicalRules | None = None,
+               compute_dtype: str | None = None) -> LoadedModel:
+  """Loads a model directory: config, module, params (on `mesh` when given) and text encoder.
+
+  compute_dtype: run the encoder in this dtype (e.g. "bfloat16": products in
+    bfloat16 with float32 accumulation; norms, softmax and the embedding stay
+    float32) instead of the stored config's; params keep their stored dtype.
+  """
   directory = Path(directory).absolute()
   record = read_model_record(directory)
   config = config_from_json(record["config"], str(directory / CONFIG_FILE))
+  if compute_dtype is not None:
+    config = with_compute_dtype(config, compute_dtype)
   try:
     text_spec = TextEncoderSpec(**{
         k: (tuple(v) if isinstance(v, list) else v) for k, v in record["text_encoder"].items()})
@@ -253,6 +262,17 @@ def load_model(directory: str | Path, mesh: Mesh | None = None,
   params = load_params(directory, module, mesh, rules)
   return LoadedModel(directory, config, module, params, text_encoder, text_spec,
                      record.get("metadata", {}))
+
+
+def with_compute_dtype(config: DualEncoderConfig, compute_dtype: str) -> DualEncoderConfig:
+  """`config` with its encoder computing in `compute_dtype` (a jnp dtype name)."""
+  try:
+    name = jnp.dtype(compute_dtype).name
+  except TypeError as e:
+    raise ValueError(f"unknown compute dtype {compute_dtype!r}") from e
+  if not jnp.issubdtype(name, jnp.floating):
+    raise ValueError(f"compute dtype {compute_dtype!r} is not a floating-point type")
+  return dataclasses.replace(config, encoder=dataclasses.replace(config.encoder, dtype=name))
 
 
 def params_to_numpy(params: Any) -> Any:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from embed_jax.cli import add_dtype_argument
 from embed_jax.main import CommandLineError
 
 OUTPUT_FORMATS = (".npy", ".jsonl")
@@ -32,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--side", choices=("x", "y"), default="x", help="which side's template to use")
   parser.add_argument("--batch_size", type=int, default=64)
   parser.add_argument("--max_length", type=int, help="tokens per text, delimiters included")
+  add_dtype_argument(parser)
   parser.add_argument("--no_progress", action="store_true", help="no progress bar")
 
 
@@ -98,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     gin_config.parse(args.gin_files, args.gin_bindings)
   mesh = partitioning.create_mesh(devices=jax.local_devices())
   try:
-    loaded = model_dir.load_model(args.model, mesh=mesh)
+    loaded = model_dir.load_model(args.model, mesh=mesh, compute_dtype=args.dtype)
   except model_dir.ModelDirError as e:
     raise CommandLineError(str(e)) from None
   max_length = args.max_length or loaded.metadata.get("max_length")

@@ -15,6 +15,7 @@ import json
 import sys
 
 from embed_jax import gin_config
+from embed_jax.cli import add_dtype_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--output", help="JSONL file for the hits (default: stdout)")
   parser.add_argument("--batch_size", type=int, default=128, help="texts per embedding step")
   parser.add_argument("--max_length", type=int, default=None, help="tokens per text (default: the model's)")
+  add_dtype_argument(parser)
   parser.add_argument("--chunk_size", type=int, default=8192, help="corpus rows scored at once per device")
 
 
@@ -72,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     doc_ids, documents = read_texts(args.corpus)
     query_ids, queries = read_texts(args.queries)
     mesh = partitioning.create_mesh()
-    model = model_dir.load_model(args.model, mesh)
+    model = model_dir.load_model(args.model, mesh, compute_dtype=args.dtype)
   except (formats.DataFormatError, model_dir.ModelDirError) as e:
     raise CommandLineError(str(e)) from None
   options = dict(mesh=mesh, batch_size=args.batch_size, max_length=args.max_length)
