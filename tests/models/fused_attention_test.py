@@ -60,7 +60,7 @@ def test_dropout_backward_matches_autodiff_of_its_forward(num_kv_heads):
   def autodiff_forward(q, k, v):
     out = fused_attention._forward(  # pylint: disable=protected-access
         fused_attention._to_rows(q, num_kv_heads), fused_attention._kv(k),  # pylint: disable=protected-access
-        fused_attention._kv(v), fused_attention._row_mask(mask, groups), rng, 0.3)  # pylint: disable=protected-access
+        fused_attention._kv(v), fused_attention._row_mask(mask, groups, L), rng, 0.3)  # pylint: disable=protected-access
     return fused_attention._from_rows(out, L)  # pylint: disable=protected-access
 
   def fused(q, k, v):
@@ -85,3 +85,10 @@ def test_bfloat16_inputs_keep_float32_softmax():
   np.testing.assert_allclose(np.asarray(low, np.float32),
                              attention.explicit_attention(q, k, v, mask), atol=5e-2)
 
+
+
+def test_a_keys_only_mask_broadcasts_over_the_queries():
+  q, k, v, _ = _inputs(K)
+  keys_only = attention.padding_and_segment_mask(KEY_MASK)  # [B, 1, 1, L]
+  np.testing.assert_allclose(fused_attention.fused_attention(q, k, v, keys_only),
+                             attention.explicit_attention(q, k, v, keys_only), atol=1e-5)
