@@ -159,6 +159,7 @@ def train(
     data_source: str = "pipeline",
     seed: int = 0,
     init_from: str | None = None,
+    compute_dtype: str | None = None,
     checkpoint_every: int = 500,
     keep: int = 3,
     async_checkpoints: bool = True,
@@ -187,6 +188,9 @@ def train(
     seed: params init, dropout and the step keys.
     init_from: where to start when the run has no checkpoint yet: a model
       directory, or a source `embed-jax convert` reads (see `resolve_init_from`).
+    compute_dtype: run the encoder in this dtype instead of its config's (e.g.
+      "bfloat16": products in bfloat16 accumulated in float32, params, optimizer,
+      norms, softmax and loss in float32); the final model records it.
     checkpoint_every: save every N steps (and on signals and at the end).
     keep: checkpoints kept.
     log_every: metrics written every N steps.
@@ -227,6 +231,8 @@ def train(
   else:
     text_encoder = tokenization.text_encoder()
     config = model_config(text_encoder)
+  if compute_dtype is not None:
+    config = model_dir_lib.with_compute_dtype(config, compute_dtype)
   module = build_dual_encoder(config)
   example = example_inputs(module, partitioning.batch_size_multiple(mesh, rules))
   boxed = abstract_params(module, example, mesh, rules)

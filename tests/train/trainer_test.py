@@ -293,3 +293,15 @@ def test_packed_run_equals_padded_run_without_dropout(tmp_path, capsys, minilm_t
   for a, b in zip(jax.tree.leaves(_final_params(tmp_path / "padded")),
                   jax.tree.leaves(_final_params(tmp_path / "packed"))):
     np.testing.assert_allclose(b, a, atol=1e-5, rtol=0)
+
+
+def test_bfloat16_compute_trains_and_the_final_model_records_it(tmp_path, minilm_tokenizer_json):
+  summary = _train_in_process(tmp_path / "low", minilm_tokenizer_json, [
+      "train.steps=3", "train.checkpoint_every=100", "train.compute_dtype='bfloat16'"])
+  assert summary["step"] == 3
+  metrics = _metrics(tmp_path / "low")
+  assert all(np.isfinite(m["loss"]) and m["skipped"] == 0 for m in metrics.values())
+  import jax  # pylint: disable=import-outside-toplevel
+  final = model_dir_lib.load_model(tmp_path / "low" / "final")
+  assert final.config.encoder.dtype == "bfloat16"
+  assert {str(p.dtype) for p in jax.tree.leaves(final.params)} == {"float32"}
