@@ -92,14 +92,12 @@ def dot_product_attention(
       None is "fused" on CPU.
   """
   implementation = resolve_implementation(implementation)
-  if implementation == "fused":
-    return fused_attention(
+  if implementation == "fused" or (dropout_rate > 0.0 and dropout_rng is not None):
+    # Both take one mask holding every constraint, and the same dropout arguments.
+    attend = fused_attention if implementation == "fused" else explicit_attention
+    return attend(
         query, key, value, mask & structural_mask(query.shape[1], causal, sliding_window),
         dropout_rate=dropout_rate, dropout_rng=dropout_rng)
-  if dropout_rate > 0.0 and dropout_rng is not None:
-    full_mask = mask & structural_mask(query.shape[1], causal, sliding_window)
-    return explicit_attention(
-        query, key, value, full_mask, dropout_rate=dropout_rate, dropout_rng=dropout_rng)
   return jax.nn.dot_product_attention(
       query, key, value, mask=mask, is_causal=causal,
       local_window_size=window_tuple(causal, sliding_window), implementation=implementation)

@@ -1,4 +1,4 @@
-"""Attention masks (padding, segments, causal, window), both attention paths, positions, RoPE."""
+"""Attention masks (padding, segments, causal, window), every attention path, positions, RoPE."""
 
 import jax
 import jax.numpy as jnp
@@ -53,31 +53,36 @@ def test_both_paths_match_a_loop_oracle(causal, window, segments):
   expected = _numpy_attention(q, k, v, KEY_MASK, segments, causal, window)
   mask = attention.padding_and_segment_mask(KEY_MASK, segments)
   fast = attention.dot_product_attention(q, k, v, mask, causal=causal, sliding_window=window)
+  jax_path = attention.dot_product_attention(q, k, v, mask, causal=causal, sliding_window=window,
+                                             implementation="xla")
   explicit = attention.explicit_attention(
       q, k, v, mask & attention.structural_mask(L, causal, window))
   rows = _seen_rows(KEY_MASK, segments, causal, window)
   np.testing.assert_allclose(np.asarray(fast)[rows], expected[rows], atol=1e-5)
+  np.testing.assert_allclose(np.asarray(jax_path)[rows], expected[rows], atol=1e-5)
   np.testing.assert_allclose(np.asarray(explicit)[rows], expected[rows], atol=1e-5)
 
 
-def test_attention_dropout_is_random_but_reproducible():
+@pytest.mark.parametrize("implementation", [None, "xla"])  # fused on CPU; explicit with dropout
+def test_attention_dropout_is_random_but_reproducible(implementation):
   q, k, v = _qkv()
   mask = attention.padding_and_segment_mask(KEY_MASK)
-  plain = attention.dot_product_attention(q, k, v, mask, causal=True)
+  plain = attention.dot_product_attention(q, k, v, mask, causal=True, implementation=implementation)
 
   # rbg keys: XLA on CPU compiles threefry for 5-d shapes slowly; the code path is the same.
   @jax.jit
   def dropped(seed):
     return attention.dot_product_attention(
         q, k, v, mask, causal=True, dropout_rate=0.5,
-        dropout_rng=jax.random.key(seed, impl="rbg"))
+        dropout_rng=jax.random.key(seed, impl="rbg"), implementation=implementation)
   a, a_again, b = dropped(0), dropped(0), dropped(1)
   np.testing.assert_array_equal(a, a_again)
   assert np.abs(np.asarray(a) - np.asarray(b)).max() > 0.1
   assert np.abs(np.asarray(a) - np.asarray(plain)).max() > 0.1
   # Without an rng the rate is ignored (deterministic evaluation).
   np.testing.assert_array_equal(
-      attention.dot_product_attention(q, k, v, mask, causal=True, dropout_rate=0.5), plain)
+      attention.dot_product_attention(q, k, v, mask, causal=True, dropout_rate=0.5,
+                                      implementation=implementation), plain)
 
 
 def test_default_positions_under_padding_and_packing():
