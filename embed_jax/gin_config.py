@@ -11,13 +11,17 @@ import difflib
 import importlib.resources
 import logging
 import os
+import tokenize
 from collections.abc import Sequence
 from pathlib import Path
 
 import gin
 
+from embed_jax import gin_types
+from embed_jax.errors import UserError
 
-class GinConfigError(ValueError):
+
+class GinConfigError(UserError):
   """A gin file or binding cannot be applied; the message names which one."""
 
 
@@ -94,8 +98,8 @@ def parse(gin_files: Sequence[str] = (), bindings: Sequence[str] = (), *, finali
       path = resolve_gin_file(name)
       try:
         gin.parse_config_file(str(path), skip_unknown=False)
-      except (ValueError, SyntaxError, ImportError, OSError) as e:
-        raise GinConfigError(f"in gin file {path}: {e}") from e
+      except (ValueError, SyntaxError, ImportError, OSError, tokenize.TokenError) as e:
+        raise GinConfigError(f"in gin file {path}: {_explain(e)}") from e
   finally:
     logging.getLogger().removeFilter(quiet)
   for binding in bindings:
@@ -107,14 +111,18 @@ def parse(gin_files: Sequence[str] = (), bindings: Sequence[str] = (), *, finali
       text = f"{name}={value.strip()!r}"
     try:
       gin.parse_config(text)
-    except (ValueError, SyntaxError) as e:
+    except (ValueError, SyntaxError, tokenize.TokenError) as e:
       raise GinConfigError(f"--gin.{binding}: {_explain(e)}") from e
+  gin_types.check_bindings()
   if finalize:
     gin.finalize()
 
 
 def _explain(error: Exception) -> str:
   """Adds close configurable names to gin's 'No configurable matching' message."""
+  if isinstance(error, tokenize.TokenError):
+    what, (line, _) = error.args
+    return f"{what} (an unclosed bracket or quote? the file ends at line {line})"
   message = str(error).split("\n")[0]
   if "No configurable matching" in message:
     wanted = message.split("'")[1] if "'" in message else ""

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import traceback
 from collections.abc import Sequence
 
-from embed_jax import gin_config
+from embed_jax.errors import UserError
 
 # name -> (module, one-line help). Later work registers its subcommands here.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -30,8 +32,16 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-class CommandLineError(Exception):
+class CommandLineError(UserError):
   """A user mistake on the command line, reported without a traceback."""
+
+
+VERBOSE_FLAG = "--verbose"
+
+
+def debugging() -> bool:
+  """True when user errors should show their traceback (`--verbose` or EMBED_JAX_DEBUG=1)."""
+  return os.environ.get("EMBED_JAX_DEBUG", "") not in ("", "0") or VERBOSE_FLAG in sys.argv
 
 
 def split_gin_flags(argv: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
@@ -64,7 +74,9 @@ def _top_parser() -> argparse.ArgumentParser:
       prog="embed-jax",
       description="Contrastive pre-training of text and code embeddings in JAX.",
       epilog="Gin flags, accepted by every subcommand: --gin_file=FILE (repeatable; "
-      "searched in the current folder and in configs/) and --gin.NAME=VALUE overrides.",
+      "searched in the current folder and in configs/) and --gin.NAME=VALUE overrides. "
+      "User errors print one line (exit code 2); --verbose or EMBED_JAX_DEBUG=1 adds the "
+      "traceback.",
   )
   sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
   for name, (_, help_text) in SUBCOMMANDS.items():
@@ -74,7 +86,7 @@ def _top_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
   """Parses argv, applies gin config, and runs the chosen subcommand; returns the exit code."""
-  argv = list(sys.argv[1:] if argv is None else argv)
+  argv = [a for a in (sys.argv[1:] if argv is None else argv) if a != VERBOSE_FLAG]
   gin_files, gin_bindings, rest = split_gin_flags(argv)
   top = _top_parser()
   if not rest or rest[0] in ("-h", "--help") or rest[0] not in SUBCOMMANDS:
@@ -101,9 +113,16 @@ def console_main() -> None:
   """Entry point of the `embed-jax` console script."""
   try:
     sys.exit(main())
-  except (CommandLineError, gin_config.GinConfigError) as e:
-    print(f"embed-jax: error: {e}", file=sys.stderr)
+  except UserError as e:
+    if debugging():
+      traceback.print_exc()
+    print(f"embed-jax: error: {one_line(e)}", file=sys.stderr)
     sys.exit(2)
+
+
+def one_line(error: BaseException) -> str:
+  """The error's message on one line (a multi-line message is joined)."""
+  return " ".join(str(error).split())
 
 
 if __name__ == "__main__":

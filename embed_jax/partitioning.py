@@ -19,6 +19,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from embed_jax.errors import UserError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 LogicalRules = tuple[tuple[str, Any], ...]
@@ -41,7 +43,7 @@ DEFAULT_RULES: LogicalRules = (
 )
 
 
-class MeshShapeError(ValueError):
+class MeshShapeError(UserError):
   """The configured mesh does not fit the available devices."""
 
 
@@ -108,7 +110,7 @@ def logical_axis_rules(overrides: Sequence[tuple[str, Any]] = ()) -> LogicalRule
   for name, target in overrides:
     for axis in (target if isinstance(target, tuple) else (target,)):
       if axis is not None and axis not in MESH_AXES:
-        raise ValueError(
+        raise MeshShapeError(
             f"logical axis rule ({name!r}, {target!r}) names mesh axis {axis!r}; "
             f"mesh axes are {MESH_AXES}")
   replaced = {name for name, _ in overrides}
@@ -212,7 +214,7 @@ def host_local_batch_slice(global_batch: int, *, process_count: int | None = Non
   count = jax.process_count() if process_count is None else process_count
   index = jax.process_index() if process_index is None else process_index
   if global_batch % count:
-    raise ValueError(
+    raise MeshShapeError(
         f"global batch {global_batch} is not divisible by the {count} processes")
   per_process = global_batch // count
   return slice(index * per_process, (index + 1) * per_process)
@@ -223,6 +225,29 @@ def barrier(name: str) -> None:
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
     multihost_utils.sync_global_devices(name)
+
+
+def host_allgather(name: str, values: Sequence[int], timeout_s: int = 600) -> list[list[int]]:
+  """Every process's `values` (a list of ints), in process order, exchanged by key `name`.
+
+  Unlike `multihost_utils.process_allgather` this is not a device
+  computation: it goes through the distributed runtime's key-value store, so
+  a background thread (the trainer's batch prefetcher) can call it while the
+  main thread runs collectives of the train step. Every process must call it
+  with the same `name`, once. With one process it returns [values].
+  """
+  values = [int(v) for v in values]
+  if jax.process_count() == 1:
+    return [values]
+  from jax._src import distributed  # pylint: disable=import-outside-toplevel
+  client = distributed.global_state.client
+  prefix = f"embed_jax/allgather/{name}"
+  client.key_value_set(f"{prefix}/{jax.process_index()}", ",".join(map(str, values)))
+  out = []
+  for process in range(jax.process_count()):
+    text = client.blocking_key_value_get(f"{prefix}/{process}", timeout_s * 1000)
+    out.append([int(v) for v in text.split(",") if v])
+  return out
 
 
 def describe(mesh: Mesh) -> str:

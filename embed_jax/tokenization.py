@@ -30,12 +30,14 @@ from typing import Protocol
 import gin
 import numpy as np
 
+from embed_jax.errors import UserError
+
 SIDES = ("x", "y")
 # side -> (prefix tokens, suffix tokens): the paper's delimiters.
 DEFAULT_TEMPLATE_TOKENS = {"x": (("[",), ("]",)), "y": (("{",), ("}",))}
 
 
-class TokenizationError(ValueError):
+class TokenizationError(UserError):
   """A vocabulary or template cannot be built or applied; the message says why."""
 
 

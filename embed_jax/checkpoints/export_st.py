@@ -28,13 +28,14 @@ import numpy as np
 from embed_jax.checkpoints import model_dir
 from embed_jax.checkpoints.hf_config import config_to_hf
 from embed_jax.checkpoints.hf_params import params_to_hf
+from embed_jax.errors import UserError
 
 ST_POOLING = {"eos": "lasttoken", "last": "lasttoken", "mean": "mean", "cls": "cls"}
 # Probe texts whose ids the exported tokenizer must reproduce exactly.
 PROBE_TEXTS = ("", "Hello, world!", "def add(a, b):\n    return a + b  # sum")
 
 
-class ExportError(ValueError):
+class ExportError(UserError):
   """The export would not embed as the model does (named cause)."""
 
 

@@ -12,13 +12,14 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from embed_jax.errors import UserError
 from embed_jax.models.bert import BertConfig
 from embed_jax.models.transformer import DecoderConfig
 
 EncoderConfig = DecoderConfig | BertConfig
 
 
-class HFConversionError(ValueError):
+class HFConversionError(UserError):
   """A `transformers` checkpoint cannot be converted; the message says what and where."""
 
 

@@ -90,8 +90,9 @@ class GlobalBatchIterator:
     self.transform = transform
     multiple = partitioning.batch_size_multiple(mesh, rules)
     if host_iterator.global_batch_size % multiple:
-      raise ValueError(f"global batch {host_iterator.global_batch_size} is not divisible by the "
-                       f"{multiple} batch shards of the mesh")
+      raise partitioning.MeshShapeError(
+          f"global batch {host_iterator.global_batch_size} is not divisible by the "
+          f"{multiple} batch shards of the mesh; use a multiple of {multiple}")
     check_process_rows(mesh, host_iterator.global_batch_size, host_iterator.local_rows, rules)
 
   def __iter__(self) -> Iterator[dict[str, jax.Array]]:

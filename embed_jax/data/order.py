@@ -26,11 +26,13 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from embed_jax.errors import UserError
+
 STATE_FORMAT = "embed_jax.data.order/1"
 _MIXTURE_STREAM = 0x6D6978
 
 
-class StateMismatchError(ValueError):
+class StateMismatchError(UserError):
   """A saved iterator state does not belong to this data configuration."""
 
 

@@ -25,6 +25,8 @@ from collections.abc import Sequence
 
 import gin
 
+from embed_jax.errors import UserError
+
 log = logging.getLogger(__name__)
 
 FORMATS = ("jsonl", "tsv")
@@ -32,7 +34,7 @@ _SUFFIX_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".ts
 _REASONS_LOGGED = 5
 
 
-class BadInputError(ValueError):
+class BadInputError(UserError):
   """A pair file cannot be read; the message names the file and, where known, the line."""
 
   def __init__(self, path: str, line: int | None, reason: str):

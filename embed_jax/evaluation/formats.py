@@ -19,10 +19,12 @@ import json
 import os
 from collections.abc import Iterator
 
+from embed_jax.errors import UserError
+
 MRPC_COLUMNS = ("Quality", "#1 ID", "#2 ID", "#1 String", "#2 String")
 
 
-class DataFormatError(ValueError):
+class DataFormatError(UserError):
   """An evaluation file that is missing or does not have the expected format."""
 
 
