@@ -101,9 +101,11 @@ class StepRunner:
   """
 
   def __init__(self, module: Any, params: Any, mesh, step_config: Any,
-               learning_rate: float = 1e-5, rules=None, pad_id: int = 0):
+               learning_rate: float = 1e-5, rules=None, pad_id: int = 0, dropout: bool = True,
+               **objective_options):
     from embed_jax.models.sharded_init import param_shardings  # pylint: disable=import-outside-toplevel
-    from embed_jax.train import optimizer, state as state_lib, step as step_lib, trainer  # pylint: disable=import-outside-toplevel
+    from embed_jax.train import optimizer, state as state_lib, trainer, updater  # pylint: disable=import-outside-toplevel
+    from embed_jax.train.objective import ContrastiveObjective  # pylint: disable=import-outside-toplevel
     self.mesh, self.rules = mesh, rules
     steps = 1_000_000
     tx, schedule = optimizer.make_optimizer(steps, schedule=optimizer.learning_rate_schedule(
@@ -113,9 +115,10 @@ class StepRunner:
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params)
     state_shardings = state_lib.state_shardings(tx, abstract, shardings, mesh)
     self.state = state_lib.init_state(params, tx, 0, state_shardings)
-    self.step = step_lib.TrainStep(module, tx, schedule, mesh, rules, shardings, step_config)
+    objective = ContrastiveObjective(module, mesh, rules, dropout=dropout, **objective_options)
+    self.step = updater.Updater(objective, tx, schedule, shardings, step_config.grad_cache_chunks)
     self._steps = None
-    self._make_steps = lambda batch: step_lib.CompiledSteps(
+    self._make_steps = lambda batch: updater.CompiledSteps(
         self.step, state_shardings, state_lib.abstract_state(tx, abstract, state_shardings), batch)
     self.pack = trainer.host_packer(module.config, step_config, mesh, rules, pad_id)
 

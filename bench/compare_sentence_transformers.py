@@ -77,7 +77,7 @@ def compare_train(ours, folder, pairs, args) -> dict[str, float]:
     from sentence_transformers import losses  # pylint: disable=import-outside-toplevel
 
   from embed_jax import partitioning  # pylint: disable=import-outside-toplevel
-  from embed_jax.train.step import StepConfig  # pylint: disable=import-outside-toplevel
+  from embed_jax.train.updater import StepConfig  # pylint: disable=import-outside-toplevel
   theirs = SentenceTransformer(folder, device="cpu")
   theirs.max_seq_length = args.max_length
   theirs.train()

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_utils
 from embed_jax import partitioning
-from embed_jax.train.step import StepConfig
+from embed_jax.train.updater import StepConfig
 
 CHUNKS = (1, 2, 4, 8)
 
@@ -60,7 +60,7 @@ def main() -> None:
                                       args.max_length, bucketed=False)
                for i in range(0, len(pairs), args.batch_size)]
     runners = {n: bench_utils.StepRunner(model.module, model.params, mesh,
-                                         StepConfig(grad_cache_chunks=n)) for n in chunks}
+                                         StepConfig(grad_cache_chunks=n, pack=False)) for n in chunks}
     temp = lambda n, batch: runners[n].compiled(batch).memory_analysis().temp_size_in_bytes
     memory = {n: temp(n, batches[0]) for n in chunks}
     activations = {n: memory[n] - temp(n, {k: v[:n] for k, v in batches[0].items()}) for n in chunks}

@@ -43,7 +43,7 @@ import numpy as np
 
 import bench_utils
 from embed_jax import flops, partitioning
-from embed_jax.train.step import StepConfig, compiled_flops
+from embed_jax.train.updater import StepConfig, compiled_flops
 
 X_IDS, Y_IDS = (1, 2), (3, 4)
 
@@ -119,8 +119,8 @@ def main() -> None:
       batches = [_full_rows(module.config, args.batch_size, args.max_length, seed)
                  for seed in range(args.steps + 1)]
     config = module.config
-    runner = bench_utils.StepRunner(module, params, mesh, StepConfig(pack=args.pack, dropout=False),
-                                    pad_id=pad_id)
+    runner = bench_utils.StepRunner(module, params, mesh, StepConfig(pack=args.pack),
+                                    pad_id=pad_id, dropout=False)
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), runner.state.params)
     model_flops, xla_flops, seconds = [], [], []
     for i, padded in enumerate(batches):

@@ -51,12 +51,13 @@ REQUIRED = [
     "embed_jax.cli.export",
     "embed_jax.train.optimizer",
     "embed_jax.train.state",
-    "embed_jax.train.step",
+    "embed_jax.train.objective",
+    "embed_jax.train.updater",
     "embed_jax.flops",
 ]
 # Checked once they exist (other issues add them).
 WHEN_PRESENT = [
-    "embed_jax.train.step",
+    "embed_jax.train.objective",
 ]
 
 _CHILD = r"""

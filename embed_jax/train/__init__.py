@@ -2,8 +2,14 @@
 
   optimizer      AdamW with warmup then cosine/linear decay, clipping, weight-decay mask
   state          TrainState and its shardings
-  step           the pure train step (direct or GradCache), non-finite updates skipped
-  checkpointing  orbax CheckpointManager: async saves, resume, corrupted-checkpoint fallback
+  objective      the dual encoder + its loss: embed a batch part, score the global batch
+  updater        gradients of any objective (direct or GradCache), the optimizer step,
+                 non-finite updates skipped
+  checkpointing  orbax CheckpointManager: async saves, resume that never deletes
+  run_lock       one trainer per run directory
+  run_config     config.gin / results.json, which config changes a resume accepts
+  run_model      the model a run trains (init_from or gin) and its guide model
+  prefetch       batches prepared ahead in a background thread
   metrics        console progress, TensorBoard, metrics.jsonl (process 0 only)
   eval_hook      validation loss/accuracy and held-out code-search MRR@10
   synthetic      a TF-free synthetic pair source (smoke runs, throughput, tests)

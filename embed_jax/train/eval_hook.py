@@ -80,44 +80,48 @@ class Evaluator:
   """Validation loss/accuracy (pipeline data) and stdlib_code test MRR@10 of a params tree.
 
   Args:
-    module, text_encoder, mesh, rules: the model and where it runs.
-    step_config: the run's StepConfig (loss impl, duplicate masking); evaluation
-      uses it without dropout and without chunking.
+    objective: the run's objective; evaluation calls it without dropout and
+      without chunking (`ContrastiveObjective.evaluate_batch`).
+    text_encoder: how code-search texts become tokens.
     validation_batches: batches of the `DataConfig` task's validation split (0: none).
     code_search: include stdlib_code test MRR@10.
     max_examples: cap the code-search pairs (smoke runs).
     x_length, y_length: token lengths for code-search embedding.
+    frozen: the objective's frozen params (a guide, LoRA's base), or None.
   """
 
-  def __init__(self, module, text_encoder, mesh, rules, step_config, validation_batches: int,
-               code_search: bool, max_examples: int | None, x_length: int, y_length: int):
-    self.module, self.text_encoder, self.mesh, self.rules = module, text_encoder, mesh, rules
-    self.step_config = dataclasses.replace(step_config, dropout=False, grad_cache_chunks=1)
+  def __init__(self, objective, text_encoder, validation_batches: int, code_search: bool,
+               max_examples: int | None, x_length: int, y_length: int, frozen: Any = None):
+    self.objective = objective.replace(dropout=False)
+    self.module, self.mesh, self.rules = objective.module, objective.mesh, objective.rules
+    self.text_encoder = text_encoder
     self.validation_batches = int(validation_batches or 0)
     self.code_search = code_search
     self.max_examples = max_examples
     self.x_length, self.y_length = x_length, y_length
+    self.frozen = frozen
     self._pairs = None
     self._validation = None
     self._loss = None
+    self._encoder_params = jax.jit(self.objective.encoder_params)
+
+  def encoder_params(self, params) -> Any:
+    """The dual encoder's params of the trained `params` (merged with the frozen ones)."""
+    if self.objective.params_view is None:
+      return params
+    return self._encoder_params(params, self.frozen)
 
   def _validation_metrics(self, params) -> dict[str, float]:
     from embed_jax.data import pipeline  # pylint: disable=import-outside-toplevel  # tensorflow side.
-    from embed_jax.train.step import TrainStep  # pylint: disable=import-outside-toplevel
     if self._validation is None:
       config = dataclasses.replace(pipeline.DataConfig(), split="validation", shuffle=False)  # pylint: disable=no-value-for-parameter
       iterator = pipeline.global_batch_iterator(self.mesh, config, self.rules)
       self._validation = [next(iterator) for _ in range(self.validation_batches)]
-      fn = TrainStep(self.module, None, None, self.mesh, self.rules, None, self.step_config)
-
-      def loss(p, batch):
-        chunk = {k: v for k, v in batch.items() if k.endswith(("_tokens", "_mask"))}
-        return fn.loss(fn.embed_chunk(p, chunk, jax.random.PRNGKey(0)), fn.log_temp(p), batch)
-      self._loss = jax.jit(loss)
+      self._loss = jax.jit(self.objective.evaluate_batch)
     totals = {"validation_loss": 0.0, "validation_accuracy": 0.0}
     with partitioning.activate(self.mesh, self.rules):
       for batch in self._validation:
-        loss, m = self._loss(params, batch)
+        loss, m = self._loss(params, batch, self.frozen)
         totals["validation_loss"] += float(loss) / len(self._validation)
         totals["validation_accuracy"] += 0.5 * float(
             m["accuracy_x_to_y"] + m["accuracy_y_to_x"]) / len(self._validation)
@@ -134,8 +138,8 @@ class Evaluator:
       out.update(self._validation_metrics(params))
     if self.code_search:
       out[MRR_KEY] = code_search_mrr(
-          self.module, params, self.text_encoder, *self.pairs(), mesh=self.mesh, rules=self.rules,
-          x_length=self.x_length, y_length=self.y_length)
+          self.module, self.encoder_params(params), self.text_encoder, *self.pairs(),
+          mesh=self.mesh, rules=self.rules, x_length=self.x_length, y_length=self.y_length)
     return out
 
   def bm25(self) -> dict[str, float]:

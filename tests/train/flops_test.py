@@ -7,7 +7,8 @@ from embed_jax import flops, partitioning
 from embed_jax.models.dual_encoder import DualEncoderConfig
 from embed_jax.models.sharded_init import init_dual_encoder, param_shardings
 from embed_jax.models.transformer import DecoderConfig
-from embed_jax.train import optimizer, step as step_lib
+from embed_jax.train import optimizer, updater as updater_lib
+from embed_jax.train.objective import ContrastiveObjective
 
 # Wide enough that matrix products dominate the elementwise work XLA also counts.
 CONFIG = DualEncoderConfig(
@@ -20,8 +21,8 @@ def test_analytic_flops_match_xla_cost_analysis_within_a_loose_factor():
   mesh = partitioning.create_mesh(devices=jax.devices()[:1])
   module, params = init_dual_encoder(CONFIG, jax.random.key(0), mesh)
   tx, _ = optimizer.make_optimizer(10, schedule=optimizer.learning_rate_schedule(10))
-  step = step_lib.TrainStep(module, tx, None, mesh, None, param_shardings(module, mesh),
-                            step_lib.StepConfig(dropout=False))
+  step = updater_lib.Updater(ContrastiveObjective(module, mesh, dropout=False), tx, None,
+                             param_shardings(module, mesh))
   b, h = SHAPE.batch_size, SHAPE.num_negatives
   batch = {"x_tokens": np.full((b, SHAPE.x_length), 5, np.int32),
            "x_mask": np.ones((b, SHAPE.x_length), np.int32),
@@ -31,7 +32,7 @@ def test_analytic_flops_match_xla_cost_analysis_within_a_loose_factor():
            "neg_mask": np.ones((b, h, SHAPE.y_length), np.int32)}
   with partitioning.activate(mesh):
     compiled = jax.jit(step.direct_grads).lower(params, batch, jax.random.PRNGKey(0)).compile()
-  measured = step_lib.compiled_flops(compiled)
+  measured = updater_lib.compiled_flops(compiled)
   analytic = flops.train_step_flops(CONFIG, params, SHAPE)
   assert measured > 0
   assert 0.7 < measured / analytic < 1.5, (measured, analytic)

@@ -9,7 +9,8 @@ from embed_jax import partitioning
 from embed_jax.models.dual_encoder import DualEncoderConfig
 from embed_jax.models.sharded_init import init_dual_encoder, param_shardings
 from embed_jax.models.transformer import DecoderConfig
-from embed_jax.train import optimizer, state as state_lib, step as step_lib
+from embed_jax.train import optimizer, state as state_lib, updater as updater_lib
+from embed_jax.train.objective import ContrastiveObjective
 
 VOCAB = 64
 OPEN_X, CLOSE_X, OPEN_Y, CLOSE_Y = 60, 61, 62, 63
@@ -51,8 +52,8 @@ def setup():
 
 def test_grad_cache_equals_direct_full_batch_grads_with_dropout(setup):
   mesh, module, params, shardings, tx, schedule, batch = setup
-  step = step_lib.TrainStep(module, tx, schedule, mesh, None, shardings,
-                            step_lib.StepConfig(grad_cache_chunks=2))
+  step = updater_lib.Updater(ContrastiveObjective(module, mesh), tx, schedule, shardings,
+                             grad_cache_chunks=2)
   rng = jax.random.PRNGKey(3)
   with partitioning.activate(mesh):
     cached = jax.jit(step.grad_cache_grads)(params, batch, rng)
@@ -72,7 +73,7 @@ def test_grad_cache_equals_direct_full_batch_grads_with_dropout(setup):
   assert float(jnp.abs(direct[2]["log_temp"])) > 0
 
 
-class NaNOnMarkedBatch(step_lib.TrainStep):
+class NaNOnMarkedBatch(ContrastiveObjective):
   """A step whose loss turns NaN on a batch marked by y_ids[0] == -1 (a fault injected for tests)."""
 
   def loss(self, embeddings, log_temp, batch):
@@ -82,12 +83,12 @@ class NaNOnMarkedBatch(step_lib.TrainStep):
 
 def test_nonfinite_batch_is_skipped_and_counted(setup):
   mesh, module, params, shardings, tx, schedule, batch = setup
-  step = NaNOnMarkedBatch(module, tx, schedule, mesh, None, shardings, step_lib.StepConfig())
+  step = updater_lib.Updater(NaNOnMarkedBatch(module, mesh), tx, schedule, shardings)
   abstract_params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params)
   st_shardings = state_lib.state_shardings(tx, abstract_params, shardings, mesh)
   abstract = state_lib.abstract_state(tx, abstract_params, st_shardings)
   abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
-  compiled = step.compile(st_shardings, abstract, abstract_batch)
+  compiled = updater_lib.CompiledSteps(step, st_shardings, abstract, abstract_batch)
   state = state_lib.init_state(jax.tree.map(jnp.copy, params), tx, 0, st_shardings)
   # The injected fault: a batch whose y_ids[0] is -1 makes the loss NaN.
   bad = dict(batch)
@@ -139,8 +140,8 @@ def test_bfloat16_compute_gives_the_float32_gradients_within_its_precision(setup
       CONFIG, encoder=dataclasses.replace(CONFIG.encoder, dtype="bfloat16")))
   results = []
   for m in (module, low):
-    step = step_lib.TrainStep(m, tx, schedule, mesh, None, shardings,
-                              step_lib.StepConfig(dropout=False))
+    step = updater_lib.Updater(ContrastiveObjective(m, mesh, dropout=False), tx, schedule,
+                               shardings)
     with partitioning.activate(mesh):
       results.append(jax.jit(step.direct_grads)(params, batch, jax.random.PRNGKey(0)))
   (loss, _, grads), (low_loss, _, low_grads) = results
