@@ -17,19 +17,23 @@ Packed batch (all int32; b texts on this host in G groups of m = b / G):
   {s}_pool_index      [b] (neg: [b, H])  flat index row*Ls + column of each
                                   text's pooled token, LOCAL to its group's Rs
                                   rows (0..Rs*Ls-1), in the original text order
-for s in x, y and neg (neg texts in (row, h) order within a group). The
-padded `{s}_tokens`/`{s}_mask` are dropped; every other key (y_ids, ...)
+for s in x, y and neg (neg texts in (row, h) order within a group), and
+  neg_valid           [b, H]      1 for a real hard negative, 0 for a missing one
+                                  (packed as a one-token placeholder; the loss masks it)
+The padded `{s}_tokens`/`{s}_mask` are dropped; every other key (y_ids, ...)
 passes through unchanged. Rs is the most rows any group of any process needs,
 rounded by `packing.bucket_rows` so that few shapes compile.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 
 import jax
 import numpy as np
 
+from embed_jax import partitioning
 from embed_jax.data import packing
 
 SIDES = ("x", "y", "neg")
@@ -49,12 +53,31 @@ def _pad_rows(packed: packing.PackedTexts, rows: int, pad_id: int) -> packing.Pa
                              pad(packed.text_of_token, packed.num_texts), packed.pool_index)
 
 
+_EXCHANGES = itertools.count()  # Processes pack the same batches in the same order.
+
+
 def _agree_across_processes(rows: np.ndarray) -> np.ndarray:
-  """The elementwise max of `rows` over all processes (itself with one process)."""
+  """The elementwise max of `rows` over all processes (itself with one process).
+
+  Exchanged through the distributed key-value store (`partitioning.host_allgather`),
+  not a device collective, so packing may run in the trainer's prefetch thread.
+  """
   if jax.process_count() == 1:
     return rows
-  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-  return np.max(np.asarray(multihost_utils.process_allgather(rows)), axis=0)
+  gathered = partitioning.host_allgather(f"pack_rows/{next(_EXCHANGES)}", rows.tolist())
+  return np.max(np.asarray(gathered, np.int64), axis=0)
+
+
+def _placeholders_for_missing(tokens: np.ndarray, mask: np.ndarray, token_id: int
+                              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(tokens, mask, valid): empty texts [..., L] replaced by the one-token text `token_id`."""
+  valid = mask.any(axis=-1)
+  if valid.all():
+    return tokens, mask, valid
+  tokens, mask = tokens.copy(), mask.copy()
+  tokens[~valid, 0] = token_id
+  mask[~valid, 0] = 1
+  return tokens, mask, valid
 
 
 def pack_batch(batch: Mapping[str, np.ndarray], *, groups: int, pooling: str,
@@ -76,8 +99,9 @@ def pack_batch(batch: Mapping[str, np.ndarray], *, groups: int, pooling: str,
     process must call this for the same step: they agree on the row counts.
 
   Raises:
-    ValueError: b does not divide into groups, or a text is empty (e.g. a
-      missing hard negative, all padding) or not right-padded.
+    ValueError: b does not divide into groups, or an x or y text is empty or
+      not right-padded. (A missing hard negative, all padding, becomes a
+      placeholder marked 0 in `neg_valid`.)
   """
   b = batch["x_tokens"].shape[0]
   if groups < 1 or b % groups:
@@ -85,30 +109,33 @@ def pack_batch(batch: Mapping[str, np.ndarray], *, groups: int, pooling: str,
                      "(batch shards on this process x grad_cache_chunks)")
   m = b // groups
   sides = [s for s in SIDES if f"{s}_tokens" in batch]
-  packed = {}
+  packed, extra = {}, {}
   for side in sides:
     tokens, mask = np.asarray(batch[f"{side}_tokens"]), np.asarray(batch[f"{side}_mask"])
     length = tokens.shape[-1]
     per_row = tokens[0].size // length  # Texts per batch row: 1, or H negatives.
-    tokens = tokens.reshape(groups, m * per_row, length)  # Group g: rows g*m.., (row, h) order.
-    mask = mask.reshape(groups, m * per_row, length)
     eos_id = None
     if pooling == "eos":
       eos_id = (closing_ids or {}).get("x" if side == "x" else "y")
+    if side == "neg":
+      tokens, mask, valid = _placeholders_for_missing(
+          tokens, mask, pad_id if eos_id is None else eos_id)
+      extra["neg_valid"] = valid.astype(np.int32)
+    tokens = tokens.reshape(groups, m * per_row, length)  # Group g: rows g*m.., (row, h) order.
+    mask = mask.reshape(groups, m * per_row, length)
     packed[side] = []
     for g in range(groups):
       try:
         packed[side].append(packing.pack_texts(tokens[g], mask[g], pooling=pooling, eos_id=eos_id,
                                                pad_id=pad_id))
       except ValueError as e:
-        hint = (" A missing hard negative is all padding: packing needs H real negatives per "
-                "example." if side == "neg" else "")
         raise ValueError(f"cannot pack the {side} texts of batch rows [{g * m}, {(g + 1) * m}) "
-                         f"(group {g}; text index = row * {per_row} + negative): {e}.{hint}") from e
+                         f"(group {g}; text index = row * {per_row} + negative): {e}") from e
   needed = np.array([max(p.tokens.shape[0] for p in packed[s]) for s in sides], np.int64)
   needed = _agree_across_processes(needed)
   out = {k: v for k, v in batch.items()
          if not any(k in (f"{s}_tokens", f"{s}_mask") for s in sides)}
+  out.update(extra)
   for side, rows in zip(sides, needed):
     rows = packing.bucket_rows(int(rows), 1, packed[side][0].num_texts)
     parts = [_pad_rows(p, rows, pad_id) for p in packed[side]]

@@ -10,7 +10,8 @@ from embed_jax.models.bert import BertConfig
 from embed_jax.models.dual_encoder import DualEncoderConfig
 from embed_jax.models.sharded_init import init_dual_encoder, param_shardings
 from embed_jax.models.transformer import DecoderConfig
-from embed_jax.train import optimizer, step as step_lib
+from embed_jax.train import optimizer, updater as updater_lib
+from embed_jax.train.objective import ContrastiveObjective
 
 VOCAB, LENGTH = 64, 16
 OPEN_X, CLOSE_X, OPEN_Y, CLOSE_Y = 60, 61, 62, 63
@@ -62,8 +63,8 @@ def test_packed_step_equals_padded_step(mesh_shape, config, chunks, negatives):
   mesh = partitioning.create_mesh(*mesh_shape)
   module, params = init_dual_encoder(config, jax.random.key(0), mesh)
   tx, _ = optimizer.make_optimizer(10)
-  step = step_lib.TrainStep(module, tx, None, mesh, None, param_shardings(module, mesh),
-                            step_lib.StepConfig(grad_cache_chunks=chunks, dropout=False))
+  step = updater_lib.Updater(ContrastiveObjective(module, mesh, dropout=False), tx, None,
+                             param_shardings(module, mesh), grad_cache_chunks=chunks)
   host = _batch(np.random.default_rng(1), 64, negatives)
   packed = _pack(host, step.num_shards * chunks, config)
   for side in ("x", "y", "neg")[:2 + bool(negatives)]:
@@ -91,13 +92,14 @@ def test_packed_pooling_moves_no_data_between_devices():
   """Encoder and pooling of a packed chunk compile without any collective on a data-only mesh."""
   mesh = partitioning.create_mesh(8)
   module, params = init_dual_encoder(BERT, jax.random.key(0), mesh)
-  step = step_lib.TrainStep(module, None, None, mesh, None, None, step_lib.StepConfig(dropout=False))
+  objective = ContrastiveObjective(module, mesh, dropout=False)
+  step = updater_lib.Updater(objective, None, None, None)
   packed = _pack(_batch(np.random.default_rng(2), 32), step.num_shards, BERT)
   batch = {k: jax.device_put(v, partitioning.batch_sharding(mesh, v.ndim)) for k, v in packed.items()}
 
   def embed(p, b):
-    chunk = {k: step._chunk(v)[0] for k, v in step._inputs(b).items()}  # pylint: disable=protected-access
-    return step.embed_chunk(p, chunk, jax.random.PRNGKey(0))
+    chunk = {k: step._chunk(v)[0] for k, v in objective.inputs(b).items()}  # pylint: disable=protected-access
+    return objective.embed(p, chunk, jax.random.PRNGKey(0))
   with partitioning.activate(mesh):
     hlo = jax.jit(embed).lower(params, batch).compile().as_text()
   for collective in ("all-gather", "all-to-all", "all-reduce", "collective-permute"):
@@ -133,24 +135,32 @@ def test_host_layout_keeps_every_token_in_its_group():
         assert group_tokens.reshape(-1)[pool_index[g, i]] == close
 
 
-def test_empty_text_is_a_clear_error():
-  batch = _batch(np.random.default_rng(0), 8, negatives=1)
-  batch["neg_mask"][5, 0] = 0  # A missing hard negative: all padding.
-  with pytest.raises(ValueError, match=r"cannot pack the neg texts of batch rows \[4, 8\).*"
+def test_empty_text_is_a_clear_error_and_a_missing_negative_a_masked_placeholder():
+  batch = _batch(np.random.default_rng(0), 8, negatives=2)
+  batch["y_mask"][5] = 0  # An empty y text cannot be packed.
+  with pytest.raises(ValueError, match=r"cannot pack the y texts of batch rows \[4, 8\).*"
                                        r"texts \[1\] are empty"):
     _pack(batch, 2, DECODER)
+  batch = _batch(np.random.default_rng(0), 8, negatives=2)
+  batch["neg_mask"][5, 1] = 0  # A missing hard negative: all padding.
+  packed = _pack(batch, 2, DECODER)
+  expected = np.ones((8, 2), np.int32)
+  expected[5, 1] = 0
+  np.testing.assert_array_equal(packed["neg_valid"], expected)
+  # Its placeholder is one closing delimiter, pooled where the texts are.
+  flat = packed["neg_packed_tokens"].reshape(2, -1)[1]
+  assert flat[packed["neg_pool_index"][5, 1]] == CLOSE_Y
   with pytest.raises(ValueError, match="do not split into 3 groups"):
     _pack(_batch(np.random.default_rng(0), 8), 3, DECODER)
 
 
 def test_processes_agree_on_the_row_counts(monkeypatch):
-  """With several processes every side gets the most rows any process needs (process_allgather)."""
-  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  """With several processes every side gets the most rows any process needs (host_allgather)."""
   batch = _batch(np.random.default_rng(0), 8)
   alone = _pack(batch, 2, DECODER)
-  other = np.array([4, 1])  # Another process needs 4 x rows and 1 y row per group.
+  other = [4, 1]  # Another process needs 4 x rows and 1 y row per group.
   monkeypatch.setattr(jax, "process_count", lambda: 2)
-  monkeypatch.setattr(multihost_utils, "process_allgather", lambda rows: np.stack([rows, other]))
+  monkeypatch.setattr(partitioning, "host_allgather", lambda name, rows: [rows, other])
   agreed = _pack(batch, 2, DECODER)
   rows = alone["x_packed_tokens"].shape[0] // 2
   assert rows < 4 and agreed["x_packed_tokens"].shape[0] == 2 * 4
