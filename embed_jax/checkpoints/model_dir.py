@@ -26,6 +26,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from embed_jax import partitioning, tokenization
+from embed_jax.errors import UserError
 from embed_jax.models.bert import BertConfig
 from embed_jax.models.dual_encoder import DualEncoder, DualEncoderConfig, build_dual_encoder
 from embed_jax.models.sharded_init import abstract_params, example_inputs
@@ -39,7 +40,7 @@ _ENCODERS = {"DecoderConfig": DecoderConfig, "BertConfig": BertConfig}
 _TOKENIZER_FILES = {".json": "tokenizer.json", ".model": "tokenizer.model"}
 
 
-class ModelDirError(ValueError):
+class ModelDirError(UserError):
   """A model directory that is missing, incomplete or does not match its params."""
 
 
@@ -158,9 +159,14 @@ def save_model(directory: str | Path, config: DualEncoderConfig, params: Any, *,
     metadata: free-form JSON-able facts (e.g. the conversion source).
   """
   directory = Path(directory).absolute()
+  if directory.exists() and not directory.is_dir():
+    raise ModelDirError(f"{directory} is a file, not a folder for a model directory")
   if directory.exists() and any(directory.iterdir()):
     if not overwrite:
       raise ModelDirError(f"{directory} exists and is not empty (pass overwrite=True to replace it)")
+    if not (directory / CONFIG_FILE).is_file():
+      raise ModelDirError(f"{directory} is not a model directory (no {CONFIG_FILE}) and not empty: "
+                          "refusing to replace its files; choose an empty or new folder")
     if jax.process_index() == 0:
       shutil.rmtree(directory)
   # No process writes before process 0 has cleared the folder.

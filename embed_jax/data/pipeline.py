@@ -211,6 +211,15 @@ class PairBatchIterator:
       parts.append(block)
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
+  def fingerprint(self) -> dict[str, list[int]]:
+    """The files behind this iterator's tasks (path -> [size, mtime_ns]), where sources tell them."""
+    out = {}
+    for name in self.tables:
+      source = seqio.get_mixture_or_task(name).source
+      if hasattr(source, "fingerprint"):
+        out.update(source.fingerprint(self.config.split))
+    return out
+
   def get_state(self) -> dict:
     """JSON-serialisable position, the same on every process."""
     return {"format": _STATE_FORMAT, "task": self.config.task, "split": self.config.split,

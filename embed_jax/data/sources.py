@@ -11,6 +11,7 @@ Examples have string features `x`, `y` and `negatives` (a possibly empty list).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -60,6 +61,14 @@ class PairFileDataSource(seqio.DataSource):
 
   def list_shards(self, split: str) -> Sequence[str]:
     return pair_files.expand_patterns(self._patterns(split))
+
+  def fingerprint(self, split: str) -> dict[str, list[int]]:
+    """path -> [size, mtime in ns] of the split's files: a resume tells a changed file by it."""
+    out = {}
+    for path in self.list_shards(split):
+      stat = os.stat(path)
+      out[path] = [stat.st_size, stat.st_mtime_ns]
+    return out
 
   def num_input_examples(self, split: str) -> int:
     return len(self.records(split))

@@ -1,9 +1,11 @@
 """Training metrics: console progress, TensorBoard events and `metrics.jsonl`, process 0 only.
 
 Every record is one JSON line `{"step": s, "split": "train"|"eval", ...scalars}`
-in `model_dir/metrics.jsonl` (appended; a resumed run appends the steps it
-redoes, the last line of a step wins), the same scalars as TensorBoard
-scalars `split/name` under `model_dir/tensorboard`.
+in `model_dir/metrics.jsonl`, the same scalars as TensorBoard scalars
+`split/name` under `model_dir/tensorboard`. A run that resumes from the
+checkpoint of step s first drops the records after s (the killed run got
+further than its last checkpoint; those steps are done again) and TensorBoard
+purges its events after s, so the files read as one uninterrupted run.
 """
 
 from __future__ import annotations
@@ -50,10 +52,12 @@ class MetricsWriter:
     if not self.enabled:
       return
     self.directory.mkdir(parents=True, exist_ok=True)
+    truncate_records(self.directory / METRICS_FILE, start_step)
     self._file = open(self.directory / METRICS_FILE, "a", encoding="utf-8")  # pylint: disable=consider-using-with
     if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-      self._tb = SummaryWriter(str(self.directory / TENSORBOARD_DIR))
+      self._tb = SummaryWriter(str(self.directory / TENSORBOARD_DIR),
+                               purge_step=start_step + 1 if start_step else None)
     if progress:
       from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
       self._bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
@@ -101,6 +105,39 @@ class MetricsWriter:
     if self._tb is not None:
       self._tb.close()
     self._file.close()
+
+
+def read_records(path) -> list[dict[str, Any]]:
+  """The records of a metrics file in order (a line cut by a kill is skipped; absent: [])."""
+  path = Path(path)
+  if not path.exists():
+    return []
+  records = []
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      try:
+        records.append(json.loads(line))
+      except ValueError:
+        continue
+  return records
+
+
+def truncate_records(path: Path, last_step: int) -> None:
+  """Drops the records of steps after `last_step` from a metrics file (atomically; absent: no-op).
+
+  At step 0 (a fresh start) every train record goes; evaluations at step 0 stay.
+  """
+  path = Path(path)
+  if not path.exists():
+    return
+  kept = []
+  for record in read_records(path):
+    step = record.get("step", 0)
+    if step < last_step or (step == last_step and (step or record.get("split") != "train")):
+      kept.append(json.dumps(record) + "\n")
+  temporary = path.with_suffix(".jsonl.tmp")
+  temporary.write_text("".join(kept), encoding="utf-8")
+  temporary.replace(path)
 
 
 class Throughput:

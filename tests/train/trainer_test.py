@@ -10,129 +10,21 @@ equal to it in tests/losses, and on CPU gloo their all_gather/reduce-scatter
 pair costs seconds a step across processes, which would make this file slow.
 """
 
-import atexit
 import json
 import os
 import re
 import shutil
 import signal
 import socket
-import subprocess
-import sys
-import tempfile
-import time
 
 import numpy as np
 import pytest
 
-from embed_jax import gin_config
 from embed_jax.checkpoints import model_dir as model_dir_lib
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-STEPS = 8
-COMPARED = ("loss", "accuracy", "grad_norm", "temperature", "learning_rate")
-
-
-def _bindings(tokenizer_json):
-  return [
-      f"text_encoder.tokenizer_json='{tokenizer_json}'",
-      "DecoderConfig.vocab_size=30528", "DecoderConfig.max_length=32",
-      "DecoderConfig.dropout_rate=0.1",
-      f"train.steps={STEPS}", "train.data_source='synthetic'", "train.checkpoint_every=2",
-      "train.keep=3", "train.log_every=1", "train.eval_code_search=False", "train.progress=False",
-      "train.tensorboard=False",
-      "SyntheticPairs.batch_size=16", "SyntheticPairs.x_length=16", "SyntheticPairs.y_length=16",
-      "SyntheticPairs.num_negatives=1",
-      "StepConfig.loss_impl='reference'",
-      "learning_rate_schedule.learning_rate=3e-3", "learning_rate_schedule.warmup_steps=4",
-  ]
-
-
-GIN_FILES = ["models/tiny.gin", "data/vocab_minilm.gin"]
-# Restarted runs compile the same programs again: a cache shared by this file's subprocesses.
-COMPILATION_CACHE = tempfile.mkdtemp(prefix="embed_jax_train_test_xla_cache_")
-atexit.register(shutil.rmtree, COMPILATION_CACHE, ignore_errors=True)
-
-
-def _train_in_process(model_dir, tokenizer_json, extra=(), **kwargs):
-  from embed_jax.train import trainer  # pylint: disable=import-outside-toplevel
-  import gin  # pylint: disable=import-outside-toplevel
-  gin_config.parse(GIN_FILES, _bindings(tokenizer_json) + list(extra))
-  try:
-    return trainer.train(str(model_dir), **kwargs)
-  finally:
-    gin.clear_config(clear_constants=True)
-
-
-def _final_params(model_dir):
-  model = model_dir_lib.load_model(os.path.join(model_dir, "final"))
-  return model_dir_lib.params_to_numpy(model.params)
-
-
-def _metrics(model_dir):
-  """The last train record of each step (a resumed run redoes some steps)."""
-  out = {}
-  with open(os.path.join(model_dir, "metrics.jsonl"), encoding="utf-8") as f:
-    for line in f:
-      record = json.loads(line)
-      if record["split"] == "train":
-        out[record["step"]] = record
-  return out
-
-
-def _assert_same_run(dir_a, dir_b, atol=1e-6):
-  import jax  # pylint: disable=import-outside-toplevel
-  for a, b in zip(jax.tree.leaves(_final_params(dir_a)), jax.tree.leaves(_final_params(dir_b))):
-    np.testing.assert_allclose(b, a, atol=atol, rtol=0)
-  ma, mb = _metrics(dir_a), _metrics(dir_b)
-  assert sorted(ma) == sorted(mb) == list(range(1, STEPS + 1))
-  for step in ma:
-    for key in COMPARED:
-      assert mb[step][key] == pytest.approx(ma[step][key], abs=atol, rel=atol), (step, key)
-
-
-def _env(devices):
-  """The subprocesses' environment: `devices` fake CPU devices, one shared compilation cache."""
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             JAX_DEFAULT_MATMUL_PRECISION="highest", PYTHONPATH=REPO_ROOT, TF_CPP_MIN_LOG_LEVEL="3",
-             JAX_COMPILATION_CACHE_DIR=COMPILATION_CACHE,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-  return env
-
-
-def _command(model_dir, tokenizer_json, extra=()):
-  args = [sys.executable, "-m", "embed_jax.main", "train", f"--model_dir={model_dir}"]
-  args += [f"--gin_file={f}" for f in GIN_FILES]
-  args += [f"--gin.{b}" for b in _bindings(tokenizer_json)] + list(extra)
-  return args
-
-
-def _start(model_dir, tokenizer_json, devices=8, extra=(), log=None):
-  return subprocess.Popen(_command(model_dir, tokenizer_json, extra), env=_env(devices),
-                          cwd=REPO_ROOT, stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT)
-
-
-def _wait_for_steps(proc, model_dir, count, timeout=240):
-  """Waits until metrics.jsonl has `count` train lines; returns False if the run ended first."""
-  path = os.path.join(model_dir, "metrics.jsonl")
-  deadline = time.time() + timeout
-  while time.time() < deadline:
-    if os.path.exists(path):
-      with open(path, encoding="utf-8") as f:
-        if sum('"split": "train"' in line for line in f) >= count:
-          return True
-    if proc.poll() is not None:
-      return False
-    time.sleep(0.005)
-  proc.kill()
-  raise TimeoutError(f"no {count} steps in {path}")
-
-
-def _checkpoint_steps(model_dir):
-  folder = os.path.join(model_dir, "checkpoints")
-  return sorted(int(d) for d in os.listdir(folder) if d.isdigit())
+from tests.train.run_helpers import (
+    STEPS, assert_same_run as _assert_same_run, checkpoint_steps as _checkpoint_steps,
+    final_params as _final_params, metrics as _metrics, start as _start,
+    train_in_process as _train_in_process, wait_for_steps as _wait_for_steps)
 
 
 @pytest.fixture(scope="module")
@@ -165,6 +57,9 @@ def test_truncated_latest_checkpoint_falls_back_to_previous_on_another_mesh(
   summary = _train_in_process(run, minilm_tokenizer_json, ["create_mesh.fsdp=2"])
   assert summary["start_step"] == STEPS - 2
   assert "damaged" in capsys.readouterr().out
+  # Moved aside, never deleted: its files are all still there.
+  aside = [d for d in os.listdir(run / "checkpoints") if d.startswith(f"{STEPS}.damaged-")]
+  assert len(aside) == 1 and (run / "checkpoints" / aside[0] / "state").is_dir()
   import jax  # pylint: disable=import-outside-toplevel
   mesh = jax.tree.leaves(summary["state"].params)[0].sharding.mesh
   assert dict(mesh.shape) == {"data": 4, "fsdp": 2, "tensor": 1}
@@ -243,9 +138,10 @@ def test_consecutive_nonfinite_steps_stop_the_run_with_the_last_good_checkpoint(
     tmp_path, minilm_tokenizer_json):
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from embed_jax.train import checkpointing, step as step_lib, trainer  # pylint: disable=import-outside-toplevel
+  from embed_jax.train import checkpointing, trainer  # pylint: disable=import-outside-toplevel
+  from embed_jax.train.objective import ContrastiveObjective  # pylint: disable=import-outside-toplevel
 
-  class NaNFromStep4(step_lib.TrainStep):
+  class NaNFromStep4(ContrastiveObjective):
     """The loss is NaN on synthetic batches 4, 5, ... (batch s has y_ids[0] = 16 * s)."""
 
     def loss(self, embeddings, log_temp, batch):
@@ -255,7 +151,7 @@ def test_consecutive_nonfinite_steps_stop_the_run_with_the_last_good_checkpoint(
   run = tmp_path / "run"
   with pytest.raises(trainer.NonFiniteError, match=r"2 consecutive steps .*\(up to step 5\).*checkpoints/4"):
     _train_in_process(run, minilm_tokenizer_json, ["train.max_consecutive_nonfinite=2"],
-                      step_class=NaNFromStep4)
+                      objective=NaNFromStep4)
   metrics = _metrics(run)
   assert [metrics[s]["skipped"] for s in (1, 2, 3, 4, 5)] == [0, 0, 0, 1, 1]
   assert metrics[5]["nonfinite_total"] == 2 and max(metrics) == 5
@@ -273,9 +169,10 @@ def test_consecutive_nonfinite_steps_stop_the_run_with_the_last_good_checkpoint(
 
 def test_packed_run_equals_padded_run_without_dropout(tmp_path, capsys, minilm_tokenizer_json):
   """StepConfig.pack: host batches packed per (shard, chunk); same losses and params as padded."""
-  common = ["train.steps=4", "train.checkpoint_every=100", "StepConfig.dropout=False",
+  common = ["train.steps=4", "train.checkpoint_every=100", "ContrastiveObjective.dropout=False",
             "SyntheticPairs.batch_size=64", "SyntheticPairs.y_length=32"]
-  padded = _train_in_process(tmp_path / "padded", minilm_tokenizer_json, common)
+  padded = _train_in_process(tmp_path / "padded", minilm_tokenizer_json,
+                             common + ["StepConfig.pack=False"])
   packed = _train_in_process(tmp_path / "packed", minilm_tokenizer_json, common + [
       "StepConfig.pack=True", "StepConfig.grad_cache_chunks=2"])
   assert packed["step"] == padded["step"] == 4 and packed["compiled_shapes"] >= 1
