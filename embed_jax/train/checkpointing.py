@@ -52,6 +52,7 @@ TRANSIENT_CODES = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "ABORTED")
 DAMAGED_CODES = ("DATA_LOSS", "NOT_FOUND", "OUT_OF_RANGE")
 DAMAGE_WORDS = ("corrupt", "truncat", "unexpected end", "error reading", "error opening",
                 "checksum", "invalid header", "not a valid")
+INCOMPATIBLE_WORDS = "is not compatible with the stored shape"
 
 
 class CheckpointError(UserError):
@@ -104,23 +105,34 @@ def first_differences(stored: dict, expected: dict, most: int = 3) -> list[str]:
   return lines
 
 
+def _chain(error: BaseException) -> list[BaseException]:
+  """The error and the ones it was raised from (orbax wraps tensorstore's)."""
+  seen = []
+  while error is not None and error not in seen:
+    seen.append(error)
+    error = error.__cause__ or error.__context__
+  return seen
+
+
 def classify_read_error(error: BaseException) -> str:
-  """'damaged', 'transient' or 'other' for an exception raised while reading a checkpoint."""
-  if isinstance(error, (PermissionError, MemoryError)):
+  """'incompatible', 'damaged', 'transient' or 'other' for an error raised reading a checkpoint."""
+  chain = _chain(error)
+  text = " ".join(str(e) for e in chain)
+  if INCOMPATIBLE_WORDS in text:
+    return "incompatible"
+  if any(isinstance(e, (PermissionError, MemoryError)) for e in chain) or (
+      "RESOURCE_EXHAUSTED" in text or "PERMISSION_DENIED" in text):
     return "other"
-  if isinstance(error, (TimeoutError, ConnectionError)):
+  if any(isinstance(e, (TimeoutError, ConnectionError)) or (
+      isinstance(e, OSError) and e.errno in TRANSIENT_ERRNOS) for e in chain):
     return "transient"
-  if isinstance(error, (FileNotFoundError, json.JSONDecodeError, KeyError, EOFError)):
-    return "damaged"
-  if isinstance(error, OSError) and error.errno in TRANSIENT_ERRNOS:
-    return "transient"
-  text = str(error)
   if any(code in text for code in TRANSIENT_CODES):
     return "transient"
+  if any(isinstance(e, (FileNotFoundError, json.JSONDecodeError, KeyError, EOFError))
+         for e in chain):
+    return "damaged"
   if any(code in text for code in DAMAGED_CODES) or any(w in text.lower() for w in DAMAGE_WORDS):
     return "damaged"
-  if "RESOURCE_EXHAUSTED" in text or "PERMISSION_DENIED" in text:
-    return "other"
   return "other"
 
 
@@ -139,9 +151,13 @@ class Checkpointer:
       path = path.absolute()
     self.directory = path / CHECKPOINTS_DIR
     self.retry_seconds = retry_seconds
+    self._pending = None  # The step of a save started and not yet seen to finish.
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
-    self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
+    # The handlers are named so that a fresh manager can read a checkpoint's metadata.
+    self.manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler()})
 
   def all_steps(self) -> list[int]:
     """Steps of the finished checkpoints, ascending (saves in progress are not listed)."""
@@ -176,29 +192,38 @@ class Checkpointer:
     """Starts saving `state` and the JSON `record` as checkpoint `step` (returns once on host)."""
     if step in self.manager.all_steps():
       return
-    self.check_for_errors()
+    self.wait()  # orbax waits for the previous save anyway; this names its failure.
     self.check_space()
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(record)), force=True)
+    try:
+      self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(record)), force=True)
+    except Exception as e:  # pylint: disable=broad-except  # A synchronous part failed.
+      raise self._save_error(e) from e
+    self._pending = step
+
+  def _save_error(self, error: BaseException) -> CheckpointSaveError:
+    good = [s for s in self.all_steps() if s != self._pending]
+    self._pending = None
+    return CheckpointSaveError(
+        f"saving a checkpoint to {self.directory} failed ({_first_line(_chain(error)[-1])}); the "
+        f"last good checkpoint is {self.directory}/{good[-1] if good else '(none)'}")
 
   def check_for_errors(self) -> None:
-    """Raises CheckpointSaveError if a finished asynchronous save failed (cheap; call every step)."""
-    try:
-      self.manager.check_for_errors()
-    except Exception as e:  # pylint: disable=broad-except  # Any failure of the save thread.
-      last = self.all_steps()
-      raise CheckpointSaveError(
-          f"saving a checkpoint to {self.directory} failed ({_first_line(e)}); the last good "
-          f"checkpoint is {self.directory}/{last[-1] if last else '(none)'}") from e
+    """Raises CheckpointSaveError once a started save has failed (cheap; call every step).
+
+    A save still in progress is not waited for.
+    """
+    if self._pending is not None and not self.manager.is_saving_in_progress():
+      self.wait()
 
   def wait(self) -> None:
     """Blocks until every started save is on disk; raises CheckpointSaveError if one failed."""
     try:
       self.manager.wait_until_finished()
-    except Exception as e:  # pylint: disable=broad-except
-      raise CheckpointSaveError(f"saving a checkpoint to {self.directory} failed "
-                                f"({_first_line(e)})") from e
-    self.check_for_errors()
+      self.manager.check_for_errors()
+    except Exception as e:  # pylint: disable=broad-except  # Any failure of the save thread.
+      raise self._save_error(e) from e
+    self._pending = None
 
   # ---- restoring ----
 
@@ -260,6 +285,10 @@ class Checkpointer:
           raise
         except Exception as e:  # pylint: disable=broad-except  # Classified below.
           kind = classify_read_error(e)
+          if kind == "incompatible":
+            raise IncompatibleCheckpointError(
+                f"checkpoint {self.directory}/{step} does not fit this run's state: "
+                f"{_first_line(_chain(e)[-1])}") from e
           if kind == "damaged":
             target = self._move_aside(step)
             moved.append(str(target))

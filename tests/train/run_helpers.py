@@ -48,6 +48,7 @@ def bindings(tokenizer_json, steps=STEPS):
 def train_in_process(model_dir, tokenizer_json, extra=(), steps=STEPS, **kwargs):
   from embed_jax.train import trainer  # pylint: disable=import-outside-toplevel
   import gin  # pylint: disable=import-outside-toplevel
+  gin.clear_config(clear_constants=True)
   gin_config.parse(GIN_FILES, bindings(tokenizer_json, steps) + list(extra))
   try:
     return trainer.train(str(model_dir), **kwargs)
