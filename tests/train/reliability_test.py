@@ -262,8 +262,11 @@ def test_changed_data_files_are_reported_on_resume(tmp_path, capsys, minilm_toke
   capsys.readouterr()
   h.train_in_process(run, minilm_tokenizer_json, data, steps=3)
   assert f"the data files changed since the checkpoint was written: {pairs}" in capsys.readouterr().out
+  pairs.write_text(pairs.read_text() + json.dumps({"x": "one more", "y": "pair"}) + "\n")
+  before = h.checkpoint_steps(run)
   with pytest.raises(Exception, match="data files changed.*strict_data"):
     h.train_in_process(run, minilm_tokenizer_json, data + ["train.strict_data=True"], steps=4)
+  assert h.checkpoint_steps(run) == before
 
 
 @pytest.mark.slow
