@@ -92,8 +92,10 @@ def _resume_point(partial: str, progress: str, fingerprint: dict) -> tuple[int, 
       record = json.load(f)
   except (OSError, json.JSONDecodeError):
     return 0, 0, None
-  if record.get("fingerprint") != fingerprint or os.path.getsize(partial) < record["bytes"]:
-    return 0, 0, None
+  if (not isinstance(record, dict) or record.get("fingerprint") != fingerprint
+      or not {"pairs_done", "bytes", "stats"} <= set(record)
+      or os.path.getsize(partial) < record["bytes"]):
+    return 0, 0, None  # Another command's or damaged: start afresh.
   return record["pairs_done"], record["bytes"], record["stats"]
 
 

@@ -17,6 +17,7 @@ RESULTS_FILE = "results.json"
 REPORT_FILE = "report.md"
 SCORES_PLOT = "scores.png"
 RECALL_PLOT = "recall_at_k.png"
+SHARED_EMBEDDING_NOTE = 0.01  # = retrieval.DUPLICATE_WARNING_SHARE (not imported: no jax here)
 
 
 def headline_scores(result: Mapping[str, Any]) -> dict[str, float]:
@@ -61,7 +62,7 @@ def notes(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
       lines.append(f"{task}: {skipped} queries skipped (no relevant document in the judgements); "
                    f"metrics average over the other {result['num_queries']}")
     share = result.get("shared_embedding_share", 0.0)
-    if share > 0.01:
+    if share > SHARED_EMBEDDING_NOTE:
       lines.append(f"{task}: {100 * share:.1f}% of the documents share an identical embedding "
                    "with another one (tied documents rank worst first)")
   return lines

@@ -229,3 +229,25 @@ def test_packaged_minilm_reproduces_sentence_transformers_scifact_without_flags(
   assert results["_run"]["max_length"] == 256
   assert results["scifact"]["num_queries"] == 300
   assert math.isclose(results["scifact"]["model"]["ndcg@10"], 0.6451, abs_tol=0.0015), results["scifact"]
+
+
+def test_search_dim_and_duplicate_ids(tmp_path, tiny_model_dir, tiny_model):
+  documents = [f"notes about {w} and the {w} again" for w in WORDS]
+  (tmp_path / "corpus.jsonl").write_text("".join(
+      json.dumps({"_id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(documents)))
+  (tmp_path / "queries.txt").write_text("the film\nsome music\n")
+  assert _main(["search", "--model", tiny_model_dir, "--corpus", str(tmp_path / "corpus.jsonl"),
+                "--queries", str(tmp_path / "queries.txt"), "--k", "3", "--dim", "8",
+                "--output", str(tmp_path / "hits.jsonl")]) == 0
+  hits = [json.loads(line) for line in (tmp_path / "hits.jsonl").read_text().splitlines()]
+  scores = (_embed(tiny_model, ["the film", "some music"], "x", dim=8)
+            @ _embed(tiny_model, documents, "y", dim=8).T)
+  for row, record in zip(scores, hits):
+    best = np.argsort(-row, kind="stable")[:3]
+    assert [h["id"] for h in record["hits"]] == [f"d{i}" for i in best]
+    np.testing.assert_allclose([h["score"] for h in record["hits"]], row[best], atol=1e-5)
+  with open(tmp_path / "corpus.jsonl", "a", encoding="utf-8") as f:
+    f.write(json.dumps({"_id": "d2", "text": "again"}) + "\n")
+  with pytest.raises(UserError, match=r"corpus.jsonl:11: duplicate _id 'd2' \(first on line 3\)"):
+    _main(["search", "--model", tiny_model_dir, "--corpus", str(tmp_path / "corpus.jsonl"),
+           "--queries", str(tmp_path / "queries.txt")])
