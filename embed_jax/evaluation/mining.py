@@ -3,7 +3,9 @@
 For each pair (x, y) the corpus is ranked for the query x (dense: exact
 inner-product top-k with `search.CorpusIndex`; or BM25). The ranking then loses
 every *excluded* row: the pair's positive, every other positive of the same
-query text, and the query text itself. Ranks are counted 0-based in what is
+query text, the query text itself, and any text equal to one of these after
+normalisation (case folded, runs of whitespace as one space) — the corpus
+holds each exact text once. Ranks are counted 0-based in what is
 left; the window `range_min..range_max` (both inclusive) is kept, and a
 candidate of the window is removed when (checked in this order, each removal
 counted under the first rule that applies):
@@ -201,16 +203,21 @@ def build_corpus(positives: Sequence[str], extra: Sequence[str] = ()) -> tuple[l
   return list(row_of), row_of
 
 
+def normalise(text: str) -> str:
+  """`text` case-folded with each run of whitespace as one space, stripped: duplicates compare equal."""
+  return " ".join(text.casefold().split())
+
+
 def excluded_rows(queries: Sequence[str], positives: Sequence[str],
                   row_of: dict[str, int]) -> dict[str, set[int]]:
-  """query text -> rows never mined for it: all its positives, and the query text itself."""
-  excluded: dict[str, set[int]] = {}
+  """query text -> rows never mined for it: texts equal after `normalise` to its positives or itself."""
+  rows_of_key: dict[str, set[int]] = {}
+  for text, row in row_of.items():
+    rows_of_key.setdefault(normalise(text), set()).add(row)
+  keys: dict[str, set[str]] = {}
   for query, positive in zip(queries, positives):
-    excluded.setdefault(query, set()).add(row_of[positive])
-  for query, rows in excluded.items():
-    if query in row_of:
-      rows.add(row_of[query])
-  return excluded
+    keys.setdefault(query, {normalise(query)}).add(normalise(positive))
+  return {query: set().union(*(rows_of_key.get(k, set()) for k in ks)) for query, ks in keys.items()}
 
 
 def mine_chunks(queries: Sequence[str], positives: Sequence[str], row_of: dict[str, int], scorer,

@@ -55,6 +55,9 @@ def _toy_pairs(rng, num_pairs=23, num_texts=40, dim=12):
   queries[5] = queries[2]          # one query with two positives
   positives[7] = positives[3]      # one positive of two queries
   queries[9] = positives[11]       # a query that is also a document
+  texts.append(f" {positives[0].upper()}  ")  # a duplicate of a positive but for case and spaces
+  # ... embedded as pair 0's query is, so it would rank first for it if it were not excluded.
+  vectors = np.concatenate([vectors, vectors[texts.index(queries[0]):][:1]])
   return texts, vectors.astype(np.float32), queries, positives
 
 
@@ -71,7 +74,7 @@ def test_dense_mining_equals_numpy_selection(devices, settings):
   texts, vectors, queries, positives = _toy_pairs(np.random.default_rng(0))
   lookup = dict(zip(texts, vectors))
   embed = lambda batch, side: np.stack([lookup[t] for t in batch])  # noqa: E731
-  extra = [texts[i] for i in range(0, 40, 3)]  # a --corpus file: some texts, others only as positives
+  extra = [texts[i] for i in range(0, 40, 3)] + [texts[-1]]  # a --corpus file; others only as positives
   corpus, row_of = mining.build_corpus(positives, extra)
   mesh = partitioning.create_mesh(devices=jax.devices()[:devices])
   scorer = mining.DenseScorer(embed, corpus, mesh, chunk_size=4)
@@ -82,8 +85,10 @@ def test_dense_mining_equals_numpy_selection(devices, settings):
   corpus_vectors = np.stack([lookup[t] for t in corpus]).astype(np.float64)
   query_vectors = np.stack([lookup[q] for q in queries]).astype(np.float64)
   scores = query_vectors @ corpus_vectors.T
-  excluded = [{row_of[p] for q2, p in zip(queries, positives) if q2 == q} | (
-      {row_of[q]} if q in row_of else set()) for q in queries]
+  same = lambda a, b: a.lower().split() == b.lower().split()  # noqa: E731
+  excluded = [{r for t, r in row_of.items() if same(t, q) or any(
+      same(t, p) for q2, p in zip(queries, positives) if q2 == q)} for q in queries]
+  assert row_of[texts[-1]] in excluded[0]
   positive_scores = [scores[i, row_of[p]] for i, p in enumerate(positives)]
   expected, removed = _oracle(scores, excluded, positive_scores, settings)
   assert got == expected
