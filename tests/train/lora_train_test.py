@@ -114,7 +114,7 @@ LLAMA_BINDINGS = [
     "DecoderConfig.gated_mlp=True", "DecoderConfig.mlp_activation='silu'",
     "DecoderConfig.qkv_bias=False", "DecoderConfig.out_bias=False", "DecoderConfig.mlp_bias=False",
     "DecoderConfig.dropout_rate=0.0", "DecoderConfig.num_kv_heads=2",
-    "create_mesh.data=4", "create_mesh.fsdp=2", "StepConfig.grad_cache_chunks=2",
+    "StepConfig.grad_cache_chunks=2",
     "train.compute_dtype='bfloat16'",
 ]
 LORA_BINDINGS = ["train.lora_rank=4", "train.lora_alpha=8.0", "train.lora_targets=['attention', 'mlp']"]
@@ -146,8 +146,7 @@ def test_lora_run_trains_adapters_only_on_a_bit_identical_base(lora_run):
   assert (lora["rank"], lora["alpha"], lora["targets"]) == (4, 8.0, ["attention", "mlp"])
   assert len(lora["adapted"]) == 2 * 7  # q, k, v, o, gate, up, down in each of 2 layers
   module = build_dual_encoder(final.config)
-  base = jax.tree.map(np.asarray, init_params(module, jax.random.key(0),
-                                              partitioning.create_mesh(data=4, fsdp=2)))
+  base = jax.tree.map(np.asarray, init_params(module, jax.random.key(0), partitioning.create_mesh()))
   merged = model_dir_lib.params_to_numpy(final.params)
   adapters = export_peft.load_adapters(os.path.join(run, "final"))
   np.testing.assert_array_equal(  # the adapters saved are the state's
