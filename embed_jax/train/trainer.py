@@ -332,6 +332,11 @@ def train(
     tx, schedule = optimizer.make_optimizer(steps)
     shardings = state_lib.state_shardings(tx, abstract, params_shardings, mesh)
     abstract_state = state_lib.abstract_state(tx, abstract, shardings)
+    checkpointer = checkpointing.Checkpointer(model_dir, keep=keep, async_save=async_checkpoints)
+    say = functools.partial(print, flush=True) if jax.process_index() == 0 else (lambda *_: None)
+    record = checkpointer.latest_record()
+    trainable_lib.check_resume(record, trainable.record())
+    _check_resume_config(record, explicit_config, allow_config_changes, say)
 
     transform = (host_packer(config, step_config, mesh, rules, text_encoder.pad_id)
                  if step_config.pack else None)
@@ -354,11 +359,6 @@ def train(
       objective_fn = objective(module, mesh, rules, guide=guide)
     updater = Updater(objective_fn, tx, schedule, params_shardings, step_config.grad_cache_chunks)
 
-    checkpointer = checkpointing.Checkpointer(model_dir, keep=keep, async_save=async_checkpoints)
-    say = functools.partial(print, flush=True) if jax.process_index() == 0 else (lambda *_: None)
-    record = checkpointer.latest_record()
-    trainable_lib.check_resume(record, trainable.record())
-    _check_resume_config(record, explicit_config, allow_config_changes, say)
     fingerprint = _fingerprint(batches)
     _check_data_fingerprint(record, fingerprint, strict_data, say)
     try:
