@@ -136,4 +136,6 @@ def lora_config(rank: int, alpha: float, targets: Any) -> lora_lib.LoraConfig | 
     return None
   if targets is None:
     targets = lora_lib.DEFAULT_TARGETS
+  elif isinstance(targets, str):
+    targets = (targets,)
   return lora_lib.LoraConfig(rank=rank, alpha=alpha, targets=tuple(targets))
