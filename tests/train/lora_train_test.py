@@ -5,6 +5,7 @@ merged kernels W and applies the chain rule by hand: dL/dA = s dW B^T and
 dL/dB = s A^T dW, so it shares nothing with the adapters' autodiff.
 """
 
+import json
 import os
 
 import jax
@@ -14,6 +15,7 @@ import pytest
 
 from embed_jax import partitioning
 from embed_jax.checkpoints import export_peft, model_dir as model_dir_lib
+from embed_jax.checkpoints.export_st import ExportError
 from embed_jax.models import lora as lora_lib
 from embed_jax.models.dual_encoder import DualEncoderConfig, build_dual_encoder
 from embed_jax.models.sharded_init import abstract_params, example_inputs, init_params
@@ -215,3 +217,67 @@ def test_bad_lora_settings_fail_before_the_first_step(tmp_path, minilm_tokenizer
     run_helpers.train_in_process(tmp_path / "a", minilm_tokenizer_json,
                                  LLAMA_BINDINGS + ["train.lora_rank=2", "train.lora_targets=['qkv']"])
   assert not (tmp_path / "a" / "checkpoints").exists()
+
+
+def _lora_model_dir(tmp_path, encoder, tokenizer_json, lora):
+  """A model directory as a LoRA run leaves it: merged params, adapters, the lora record."""
+  config = DualEncoderConfig(encoder=encoder, pooling="mean")
+  module = build_dual_encoder(config)
+  params = jax.tree.map(np.asarray, init_params(module, jax.random.key(0)))
+  boxed = abstract_params(module, example_inputs(module, 1))
+  targets = lora_lib.find_targets(boxed["encoder"], lora)
+  rng = np.random.default_rng(1)
+  adapters = jax.tree.map(lambda a: rng.normal(scale=0.2, size=a.shape).astype(np.float32),
+                          lora_lib.init_adapters(jax.random.key(1), targets, lora.rank))
+  merged = {**params, "encoder": jax.tree.map(
+      np.asarray, lora_lib.merge(params["encoder"], adapters, lora.scale))}
+  path = model_dir_lib.save_model(tmp_path / "model", config, merged, tokenizer_path=tokenizer_json,
+                                  metadata={"lora": {**lora.record(), "adapted": []}})
+  export_peft.save_adapters(path, adapters)
+  return path, params, merged
+
+
+def test_peft_export_of_bert_equals_the_merged_transformers_model(tmp_path, minilm_tokenizer_json):
+  import torch  # pylint: disable=import-outside-toplevel
+  from peft import PeftModel  # pylint: disable=import-outside-toplevel
+  from transformers import AutoModel, BertConfig as HFBertConfig, BertModel  # pylint: disable=import-outside-toplevel
+  from embed_jax.checkpoints import hf_params  # pylint: disable=import-outside-toplevel
+  from embed_jax.models.bert import BertConfig  # pylint: disable=import-outside-toplevel
+  encoder = BertConfig(vocab_size=30528, d_model=16, num_layers=2, num_heads=2, d_ff=32,
+                       max_length=32)
+  lora = lora_lib.LoraConfig(rank=3, alpha=5.0, targets=("attention", "mlp"))
+  path, params, merged = _lora_model_dir(tmp_path, encoder, minilm_tokenizer_json, lora)
+  out = export_peft.export_peft(path, tmp_path / "peft")
+  adapter_config = (out / "adapter" / "adapter_config.json").read_text()
+  assert '"encoder.layer.1.attention.output.dense"' in adapter_config  # exact names, not suffixes
+  base = AutoModel.from_pretrained(str(out / "base"))
+  base_tensors = {k: v.numpy() for k, v in base.state_dict().items()}
+  for name, value in hf_params.params_to_hf(encoder, params["encoder"]).items():
+    np.testing.assert_allclose(base_tensors[name], value, atol=1e-6)  # the original base
+  peft_model = PeftModel.from_pretrained(base, str(out / "adapter")).eval()
+  reference = BertModel(HFBertConfig(**json_config(out / "base"))).eval()
+  reference.load_state_dict({k: torch.from_numpy(v) for k, v in
+                             hf_params.params_to_hf(encoder, merged["encoder"]).items()},
+                            strict=False)
+  tokens = torch.from_numpy(np.random.default_rng(0).integers(0, 1000, (2, 9)))
+  with torch.no_grad():
+    np.testing.assert_allclose(peft_model(input_ids=tokens).last_hidden_state.numpy(),
+                               reference(input_ids=tokens).last_hidden_state.numpy(), atol=1e-5)
+
+
+def json_config(folder):
+  return json.loads((folder / "config.json").read_text())
+
+
+def test_peft_export_refuses_what_it_cannot_write(tmp_path, minilm_tokenizer_json):
+  gpt2 = DecoderConfig(vocab_size=30528, d_model=16, num_layers=1, num_heads=2, max_length=16)
+  path, _, _ = _lora_model_dir(tmp_path, gpt2, minilm_tokenizer_json, lora_lib.LoraConfig(rank=2))
+  with pytest.raises(ExportError, match="--peft: a GPT-2 model keeps q, k and v in one fused"):
+    export_peft.check_exportable(path)
+  record = model_dir_lib.read_model_record(path)
+  record["metadata"] = {}
+  plain = tmp_path / "plain"
+  plain.mkdir()
+  (plain / model_dir_lib.CONFIG_FILE).write_text(json.dumps(record))
+  with pytest.raises(ExportError, match="was not trained with LoRA"):
+    export_peft.check_exportable(plain)
