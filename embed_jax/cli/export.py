@@ -35,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
       from embed_jax.checkpoints import export_peft  # pylint: disable=import-outside-toplevel
       export_peft.check_exportable(args.model)
     folders = export_st.export(args.model, args.out, side=args.side, max_length=args.max_length)
+    for folder in folders:
+      print(f"wrote {folder}: load with sentence_transformers.SentenceTransformer({str(folder)!r})")
     if args.peft:
       peft = export_peft.export_peft(args.model, f"{args.out}/{export_peft.PEFT_DIR}")
       print(f"wrote {peft}: load with peft.PeftModel.from_pretrained("
@@ -42,6 +44,4 @@ def run(args: argparse.Namespace) -> int:
             f"{str(peft / 'adapter')!r})")
   except (HFConversionError, model_dir.ModelDirError, export_st.ExportError) as e:
     raise CommandLineError(str(e)) from None
-  for folder in folders:
-    print(f"wrote {folder}: load with sentence_transformers.SentenceTransformer({str(folder)!r})")
   return 0
