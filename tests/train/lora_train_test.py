@@ -204,12 +204,20 @@ def test_lora_exports_reproduce_the_adapted_model(lora_run, tmp_path):
   assert np.abs(plain[real] - hidden[real]).max() > 1e-3
 
 
-def test_resume_with_other_lora_settings_is_refused(lora_run):
-  run, _, tokenizer = lora_run
+def test_resume_continues_the_adapters_and_refuses_other_lora_settings(lora_run):
+  run, summary, tokenizer = lora_run
   for changed in (["train.lora_rank=2", "train.lora_alpha=8.0",
                    "train.lora_targets=['attention', 'mlp']"], []):
     with pytest.raises(run_config.ConfigChangeError, match="train.lora_"):
-      run_helpers.train_in_process(run, tokenizer, LLAMA_BINDINGS + changed, steps=STEPS + 2)
+      run_helpers.train_in_process(run, tokenizer, LLAMA_BINDINGS + changed, steps=STEPS + 1)
+  # The checkpoint holds the adapters (and the head): the same settings continue the run.
+  resumed = run_helpers.train_in_process(run, tokenizer, LLAMA_BINDINGS + LORA_BINDINGS,
+                                         steps=STEPS + 1)
+  assert resumed["start_step"] == STEPS and resumed["step"] == STEPS + 1
+  before = np.asarray(summary["state"].params["adapters"]["layer_0"]["attention"]["query"]["lora_b"])
+  after = np.asarray(resumed["state"].params["adapters"]["layer_0"]["attention"]["query"]["lora_b"])
+  # One more AdamW step from the checkpoint's adapters: each entry moves by at most ~lr (3e-3).
+  assert 0 < np.abs(after - before).max() <= 1.5 * 3e-3
 
 
 def test_bad_lora_settings_fail_before_the_first_step(tmp_path, minilm_tokenizer_json):
