@@ -131,8 +131,15 @@ def check_resume(checkpoint_record: dict | None, current: dict | None) -> None:
 
 
 def lora_config(rank: int, alpha: float, targets: Any) -> lora_lib.LoraConfig | None:
-  """LoraConfig from the train settings (None for rank 0); bad values raise LoraError."""
+  """LoraConfig from the train settings (None for rank 0); bad values raise LoraError.
+
+  Targets given with rank 0 are an error: LoRA would silently be off.
+  """
   if rank == 0:
+    if targets is not None:
+      shown = targets if isinstance(targets, str) else list(targets)
+      raise lora_lib.LoraError(f"train.lora_targets={shown!r} is set but train.lora_rank=0 "
+                               "(LoRA off); set a rank >= 1")
     return None
   if targets is None:
     targets = lora_lib.DEFAULT_TARGETS

@@ -117,3 +117,15 @@ def test_adapters_are_sharded_like_their_base_matrices():
       jax.random.key(0))
   assert adapters["layer_0"]["mlp"]["wi"]["lora_a"].sharding == wi["lora_a"]
   assert float(jnp.abs(adapters["layer_0"]["mlp"]["wi"]["lora_a"]).max()) <= 1 / 4  # 1/sqrt(16)
+
+
+def test_train_settings_become_a_lora_config():
+  from embed_jax.train import trainable  # pylint: disable=import-outside-toplevel
+  assert trainable.lora_config(0, 16.0, None) is None
+  config = trainable.lora_config(8, 16.0, "mlp")
+  assert (config.rank, config.scale, config.targets) == (8, 2.0, ("mlp",))
+  assert trainable.lora_config(4, 8.0, None).targets == lora_lib.DEFAULT_TARGETS
+  with pytest.raises(lora_lib.LoraError, match=r"train.lora_targets=\['mlp'\] is set but train.lora_rank=0"):
+    trainable.lora_config(0, 16.0, ["mlp"])
+  with pytest.raises(lora_lib.LoraError, match="train.lora_rank must be a positive integer"):
+    trainable.lora_config(-2, 16.0, None)
