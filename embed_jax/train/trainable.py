@@ -9,8 +9,12 @@ With LoRA (`train.lora_rank > 0`) the train state holds
 and the encoder's params are the frozen base, passed to the step beside the
 state as `frozen["base"]` (sharded as before): never in the optimizer state,
 never differentiated. The objective sees the merged params through
-`params_view`. A checkpoint therefore holds only the adapters and the head; a
-resume rebuilds the base from `init_from` (or the seeded scratch init).
+`params_view`, which merges W + (alpha/r) A @ B inside the step (once per
+forward, so GradCache merges per chunk): each adapted kernel costs a
+temporary of its size, but the base has no gradient and no optimizer moments.
+A checkpoint therefore holds only the adapters and the head; a resume
+rebuilds the base from `init_from` (or the seeded scratch init) and refuses
+other LoRA settings (`check_resume`).
 """
 
 from __future__ import annotations
