@@ -120,7 +120,7 @@ LLAMA_BINDINGS = [
     "train.compute_dtype='bfloat16'",
 ]
 LORA_BINDINGS = ["train.lora_rank=4", "train.lora_alpha=8.0", "train.lora_targets=['attention', 'mlp']"]
-STEPS = 4
+STEPS = 2
 
 
 @pytest.fixture(scope="module")
