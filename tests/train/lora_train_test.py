@@ -20,7 +20,7 @@ from embed_jax.models import lora as lora_lib
 from embed_jax.models.dual_encoder import DualEncoderConfig, build_dual_encoder
 from embed_jax.models.sharded_init import abstract_params, example_inputs, init_params
 from embed_jax.models.transformer import DecoderConfig
-from embed_jax.train import optimizer, run_config, trainable as trainable_lib
+from embed_jax.train import run_config, trainable as trainable_lib
 from embed_jax.train import updater as updater_lib
 from embed_jax.train.objective import ContrastiveObjective
 from tests.train import run_helpers
