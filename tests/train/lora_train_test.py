@@ -277,15 +277,19 @@ def json_config(folder):
   return json.loads((folder / "config.json").read_text())
 
 
-def test_peft_export_refuses_what_it_cannot_write(tmp_path, minilm_tokenizer_json):
-  gpt2 = DecoderConfig(vocab_size=30528, d_model=16, num_layers=1, num_heads=2, max_length=16)
-  path, _, _ = _lora_model_dir(tmp_path, gpt2, minilm_tokenizer_json, lora_lib.LoraConfig(rank=2))
+def test_peft_export_refuses_what_it_cannot_write(tmp_path):
+  def model_json(folder, encoder, metadata):
+    folder.mkdir()
+    record = {"format_version": 1, "text_encoder": {"tokenizer_file": "tokenizer.json"},
+              "config": model_dir_lib.config_to_json(DualEncoderConfig(encoder=encoder)),
+              "metadata": metadata}
+    (folder / model_dir_lib.CONFIG_FILE).write_text(json.dumps(record))
+    return folder
+  lora = {"lora": {**lora_lib.LoraConfig(rank=2).record(), "adapted": []}}
+  gpt2 = DecoderConfig(vocab_size=64, d_model=16, num_layers=1, num_heads=2, max_length=16)
   with pytest.raises(ExportError, match="--peft: a GPT-2 model keeps q, k and v in one fused"):
-    export_peft.check_exportable(path)
-  record = model_dir_lib.read_model_record(path)
-  record["metadata"] = {}
-  plain = tmp_path / "plain"
-  plain.mkdir()
-  (plain / model_dir_lib.CONFIG_FILE).write_text(json.dumps(record))
+    export_peft.check_exportable(model_json(tmp_path / "gpt2", gpt2, lora))
   with pytest.raises(ExportError, match="was not trained with LoRA"):
-    export_peft.check_exportable(plain)
+    export_peft.check_exportable(model_json(tmp_path / "plain", _config().encoder, {}))
+  with pytest.raises(model_dir_lib.ModelDirError, match="lora_adapters.safetensors: missing"):
+    export_peft.check_exportable(model_json(tmp_path / "no_adapters", _config().encoder, lora))
