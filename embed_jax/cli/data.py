@@ -2,6 +2,7 @@
 
     embed-jax data show  --gin_file=data/stdlib_code.gin [-n 5] [--task T] [--split S]
     embed-jax data stats --gin_file=data/stdlib_code.gin [--task T] [--split S]
+    embed-jax data stats --train_files 'pairs/*.jsonl' --x_field query --y_field positive
     embed-jax data train-vocab --output=vocab.model [--vocab_size=8000] [--input=FILE ...]
 
 `show` prints examples after preprocessing and truncation to the configured
@@ -19,6 +20,7 @@ import textwrap
 import numpy as np
 
 from embed_jax import gin_config
+from embed_jax.cli import user_files
 
 PERCENTILES = (50, 90, 99)
 
@@ -30,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   for sub in (show, stats):
     sub.add_argument("--task", help="task or mixture name (default: gin's DataConfig.task)")
     sub.add_argument("--split", help="split (default: gin's DataConfig.split)")
+    user_files.add_arguments(sub)
   show.add_argument("-n", "--num_examples", type=int, default=3, help="examples per task")
   vocab = actions.add_parser("train-vocab", help="train a SentencePiece vocabulary from a task or files")
   vocab.add_argument("--output", required=True, help="path of the .model file to write")
@@ -47,6 +50,8 @@ def _configure(args: argparse.Namespace) -> None:
   # Register every configurable a data gin file may bind before parsing it.
   from embed_jax.data import pipeline, sentencepiece_training  # pylint: disable=import-outside-toplevel,unused-import
   gin_config.parse(args.gin_files, args.gin_bindings)
+  if args.action in ("show", "stats"):
+    user_files.apply(args)
 
 
 def _config(args: argparse.Namespace):

@@ -178,7 +178,8 @@ class PairBatchIterator:
     self.order = order_lib.ShardedOrder(
         [t.name for t, _ in tasks_rates], [r for _, r in tasks_rates],
         {name: {v: table.size for v, table in shards.items()} for name, shards in self.tables.items()},
-        self.num_shards, config.seed, config.shuffle)
+        self.num_shards, config.seed, config.shuffle,
+        same_source_batches=_tasks.same_source_batches(config.task))
     log.info("%s", self.truncation_report())
 
   def truncation_report(self) -> str:

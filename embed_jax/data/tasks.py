@@ -66,10 +66,26 @@ def register_pair_task(name: str, source: seqio.DataSource,
       output_features=output_features or pair_output_features())
 
 
-def register_mixture(name: str, tasks: Sequence[tuple[str, float] | str], default_rate=None) -> seqio.Mixture:
-  """Registers (replacing any mixture of that name) a seqio Mixture with rates."""
+_SAME_SOURCE_MIXTURES: set[str] = set()
+
+
+def same_source_batches(name: str) -> bool:
+  """True for a mixture registered with `same_source_batches=True`."""
+  return name in _SAME_SOURCE_MIXTURES
+
+
+def register_mixture(name: str, tasks: Sequence[tuple[str, float] | str], default_rate=None,
+                     same_source_batches: bool = False) -> seqio.Mixture:
+  """Registers (replacing any mixture of that name) a seqio Mixture with rates.
+
+  same_source_batches: every global batch draws all its rows from one task
+  (chosen with the rates), so in-batch negatives are of one kind.
+  """
   if name in seqio.MixtureRegistry.names():
     seqio.MixtureRegistry.remove(name)
+  _SAME_SOURCE_MIXTURES.discard(name)
+  if same_source_batches:
+    _SAME_SOURCE_MIXTURES.add(name)
   return seqio.MixtureRegistry.add(name, [tuple(t) if isinstance(t, list) else t for t in tasks],
                                    default_rate=default_rate)
 
@@ -102,9 +118,14 @@ def file_task(name: str = gin.REQUIRED,
 
 
 @gin.configurable
-def mixture(name: str = gin.REQUIRED, tasks: Sequence = gin.REQUIRED) -> str:
-  """Registers a mixture of tasks with rates, `[(task_name, rate), ...]`; returns its name."""
-  register_mixture(name, tasks)
+def mixture(name: str = gin.REQUIRED, tasks: Sequence = gin.REQUIRED,
+            same_source_batches: bool = False) -> str:
+  """Registers a mixture of tasks with rates, `[(task_name, rate), ...]`; returns its name.
+
+  same_source_batches: each global batch comes from one task (drawn with the
+  rates), as BGE's `same_dataset_within_batch`; else every row draws its task.
+  """
+  register_mixture(name, tasks, same_source_batches=same_source_batches)
   return name
 
 
