@@ -28,7 +28,9 @@ import seqio
 
 from embed_jax import partitioning, tokenization
 from embed_jax.data import batch_format, global_batches, order as order_lib
+from embed_jax.data import document_tasks
 from embed_jax.data import tasks as _tasks  # pylint: disable=unused-import  # Registers the built-in tasks.
+from embed_jax.errors import ConfigError
 from embed_jax.data.feature_converter import PairFeatureConverter
 from embed_jax.data.vocabularies import TemplateVocabulary
 
@@ -123,8 +125,11 @@ def materialize(task: seqio.Task, config: DataConfig, shard: int, num_shards: in
   ds = converted_dataset(task, config, shard, num_shards).batch(_MATERIALIZE_BATCH)
   chunks = list(ds.as_numpy_iterator())
   if not chunks:
-    raise ValueError(f"task {task.name!r} split {config.split!r} has no examples in shard "
-                     f"{shard} of {num_shards}; use fewer shards")
+    made = document_tasks.counts(task.name)
+    why = (f" ({made['documents']} documents read, {made['too_short']} too short for the pair "
+           f"builder, {made['without_pairs']} without a pair)" if made["documents"] else "")
+    raise ConfigError(f"task {task.name!r} split {config.split!r} has no usable examples in shard "
+                      f"{shard} of {num_shards}{why}; use fewer shards or other data")
   features = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
   truncated = {"x": int(features.pop("x_truncated").sum()), "y": int(features.pop("y_truncated").sum())}
   if config.num_negatives:
