@@ -4,6 +4,7 @@
     embed-jax data stats --gin_file=data/stdlib_code.gin [--task T] [--split S]
     embed-jax data stats --train_files 'pairs/*.jsonl' --x_field query --y_field positive
     embed-jax data train-vocab --output=vocab.model [--vocab_size=8000] [--input=FILE ...]
+    embed-jax data decontaminate --input 'pairs/*.jsonl' --against ../shared/datasets --out clean/
 
 `show` prints examples after preprocessing and truncation to the configured
 lengths, decoded with their delimiters; `stats` prints counts, token-length
@@ -44,6 +45,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   vocab.add_argument("--y_field", default="y")
   vocab.add_argument("--task", help="task or mixture whose texts to use (default: gin's DataConfig.task)")
   vocab.add_argument("--split", default="train")
+  clean = actions.add_parser("decontaminate", help="drop pairs that duplicate evaluation texts")
+  clean.add_argument("--input", action="append", required=True,
+                     help="JSONL pair file or glob (repeatable); each file is written to --out under its name")
+  clean.add_argument("--against", default="../shared/datasets", help="the evaluation data folder")
+  clean.add_argument("--out", required=True, help="folder for the kept pairs and decontamination.json")
+  clean.add_argument("--x_field", default="x")
+  clean.add_argument("--y_field", default="y")
+  clean.add_argument("--negatives_field", action="append", default=[])
+  clean.add_argument("--ngram", type=int, default=8, help="words per n-gram of the near-duplicate test")
+  clean.add_argument("--threshold", type=float, default=0.8,
+                     help="n-gram containment (either way) at which a text is a near duplicate")
 
 
 def _configure(args: argparse.Namespace) -> None:
@@ -145,12 +157,61 @@ def _train_vocab(args: argparse.Namespace) -> int:
   return 0
 
 
+def _decontaminate(args: argparse.Namespace) -> int:
+  import json  # pylint: disable=import-outside-toplevel
+  import os  # pylint: disable=import-outside-toplevel
+  from embed_jax.data import decontamination, pair_files  # pylint: disable=import-outside-toplevel
+  found = decontamination.decontaminator(args.against, args.ngram, args.threshold)
+  if found is None:
+    raise pair_files.BadInputError(args.against, None, "no such evaluation data folder")
+  checker, missing = found
+  files = pair_files.expand_patterns(args.input)
+  os.makedirs(args.out, exist_ok=True)
+  fields = [args.x_field, args.y_field] + list(args.negatives_field)
+  report = {}
+  for path in files:
+    with open(path, encoding="utf-8") as f:
+      records = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+    texts = []
+    for n, line in records:
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise pair_files.BadInputError(path, n, f"malformed JSON ({e.msg} at column {e.colno})") from None
+      value = lambda f: record.get(f) if isinstance(record, dict) else None  # noqa: E731
+      texts.append([t for f in fields for t in ([value(f)] if isinstance(value(f), str) else value(f) or [])
+                    if isinstance(t, str)])
+    keep, file_report = decontamination.filter_pairs(texts, checker, missing)
+    target = os.path.join(args.out, os.path.basename(path))
+    if os.path.abspath(target) == os.path.abspath(path):
+      raise pair_files.BadInputError(target, None, "--out would overwrite the input")
+    with open(target, "w", encoding="utf-8") as f:
+      f.writelines(records[i][1] if records[i][1].endswith("\n") else records[i][1] + "\n" for i in keep)
+    print(f"{path} -> {target}: {file_report.line()}")
+    report[path] = file_report.as_dict()
+  with open(os.path.join(args.out, "decontamination.json"), "w", encoding="utf-8") as f:
+    json.dump({"against": os.path.abspath(args.against), "ngram": args.ngram, "threshold": args.threshold,
+               "files": report, **_totals(report)}, f, indent=1)
+  return 0
+
+
+def _totals(report: dict) -> dict:
+  dropped = {}
+  for r in report.values():
+    for k, v in r["dropped_per_eval_set"].items():
+      dropped[k] = dropped.get(k, 0) + v
+  first = next(iter(report.values()), {})
+  return {"kept": sum(r["kept"] for r in report.values()), "dropped": sum(dropped.values()),
+          "dropped_per_eval_set": dropped, "missing_eval_sets": first.get("missing_eval_sets", [])}
+
+
 def run(args: argparse.Namespace) -> int:
   from embed_jax import tokenization  # pylint: disable=import-outside-toplevel
   from embed_jax.data import pair_files  # pylint: disable=import-outside-toplevel
   _configure(args)
   try:
-    return {"show": _show, "stats": _stats, "train-vocab": _train_vocab}[args.action](args)
+    return {"show": _show, "stats": _stats, "train-vocab": _train_vocab,
+            "decontaminate": _decontaminate}[args.action](args)
   except (pair_files.BadInputError, tokenization.TokenizationError) as e:
     print(f"embed-jax data {args.action}: error: {e}", file=sys.stderr)
     return 1

@@ -43,7 +43,8 @@ _COUNTS: dict[str, collections.Counter] = collections.defaultdict(collections.Co
 def counts(task: str) -> collections.Counter:
   """Documents read, skipped as too short, without any pair, and pairs made by `task`'s builder.
 
-  Keys 'documents', 'too_short', 'without_pairs', 'pairs'; summed over every
+  Keys 'documents', 'too_short', 'without_pairs', 'pairs' (and 'decontaminated':
+  pairs dropped as duplicates of evaluation texts); summed over every
   pass over the task's data in this process since `reset_counts(task)`.
   """
   return _COUNTS[task]
@@ -90,9 +91,31 @@ def build_pairs(dataset: tf.data.Dataset, builder: pair_builders.PairBuilder, se
   return dataset.flat_map(to_pairs).map(with_negatives)
 
 
+def drop_contaminated(dataset: tf.data.Dataset, against: str, task: str = "") -> tf.data.Dataset:
+  """seqio preprocessor: drops pairs whose x or y duplicates a text of the evaluation data `against`.
+
+  Counted in `counts(task)['decontaminated']`; a missing folder drops nothing.
+  """
+  from embed_jax.data import decontamination  # pylint: disable=import-outside-toplevel
+  found = decontamination.decontaminator(against)
+  if found is None:
+    return dataset
+  checker = found[0]
+  tally = _COUNTS[task]
+
+  def clean(x: bytes, y: bytes) -> bool:
+    hit = checker.match_pair([x.decode("utf-8"), y.decode("utf-8")])
+    if hit is not None:
+      tally["decontaminated"] += 1
+    return hit is None
+
+  return dataset.filter(lambda ex: tf.reshape(
+      tf.numpy_function(clean, [ex["x"], ex["y"]], tf.bool, stateful=True), []))
+
+
 def register_document_task(name: str, source: seqio.DataSource, builder: pair_builders.PairBuilder,
                            seed: int = 0, before: Sequence = (),
-                           output_features=None) -> seqio.Task:
+                           output_features=None, decontaminate_against: str | None = None) -> seqio.Task:
   """Registers (replacing any of that name) a pair task over a document source."""
   if not isinstance(builder, pair_builders.PairBuilder):
     raise ConfigError(f"task {name!r}: pairs must be @neighbouring(), @cropping() or @ict(), "
@@ -101,8 +124,10 @@ def register_document_task(name: str, source: seqio.DataSource, builder: pair_bu
     seqio.TaskRegistry.remove(name)
   reset_counts(name)
   steps = list(before) + [
-      functools.partial(build_pairs, builder=builder, seed=seed, task=name),
-      preprocessors.tokenize_pairs, preprocessors.truncate_keeping_suffix]
+      functools.partial(build_pairs, builder=builder, seed=seed, task=name)]
+  if decontaminate_against:
+    steps.append(functools.partial(drop_contaminated, against=decontaminate_against, task=name))
+  steps += [preprocessors.tokenize_pairs, preprocessors.truncate_keeping_suffix]
   return seqio.TaskRegistry.add(name, source=source, preprocessors=steps,
                                 output_features=output_features or tasks.pair_output_features())
 
@@ -124,7 +149,8 @@ def document_task(name: str = gin.REQUIRED,
                   separator: str = "file",
                   text_field: str = "text",
                   title_field: str = "",
-                  seed: int = 0) -> str:
+                  seed: int = 0,
+                  decontaminate_against: str | None = None) -> str:
   """Registers a task of pairs built from document files; returns its name.
 
   Args:
@@ -135,10 +161,13 @@ def document_task(name: str = gin.REQUIRED,
     separator: text files: 'file' (one document per file) or 'blank_line'.
     text_field, title_field: JSONL fields of the text and of an optional title.
     seed: the builder's seed (the same seed gives the same pairs).
+    decontaminate_against: an evaluation data folder; pairs duplicating its
+      texts are dropped (`decontamination`), counted in `counts(name)`.
   """
   fields = documents.DocumentFields(format, separator, text_field, title_field)
   source = DocumentFileDataSource(_splits(name, train=train, validation=validation, test=test), fields)
-  register_document_task(name, source, pairs or pair_builders.Neighbouring(), seed)
+  register_document_task(name, source, pairs or pair_builders.Neighbouring(), seed,
+                         decontaminate_against=decontaminate_against)
   return name
 
 
@@ -150,7 +179,8 @@ def tfds_task(name: str = gin.REQUIRED,
               title_feature: str = "",
               splits: Sequence[str] | dict = ("train",),
               pairs: pair_builders.PairBuilder | None = None,
-              seed: int = 0) -> str:
+              seed: int = 0,
+              decontaminate_against: str | None = None) -> str:
   """Registers a task of pairs built from a tfds dataset's text feature; returns its name.
 
   Args:
@@ -162,10 +192,12 @@ def tfds_task(name: str = gin.REQUIRED,
     splits: our split names (equal to the tfds ones), or {ours: tfds split}.
     pairs: the pair builder (`@neighbouring()` by default).
     seed: the builder's seed.
+    decontaminate_against: an evaluation data folder (as for `document_task`).
   """
   splits = dict(splits) if isinstance(splits, dict) else {s: s for s in splits}
   check_tfds(tfds_name, data_dir, text_feature, list(splits.values()))
   rename = functools.partial(rename_text_feature, text_feature=text_feature, title_feature=title_feature)
   register_document_task(name, tfds_source(tfds_name, data_dir, splits),
-                         pairs or pair_builders.Neighbouring(), seed, before=[rename])
+                         pairs or pair_builders.Neighbouring(), seed, before=[rename],
+                         decontaminate_against=decontaminate_against)
   return name

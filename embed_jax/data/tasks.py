@@ -98,7 +98,8 @@ def file_task(name: str = gin.REQUIRED,
               format: str | None = None,  # pylint: disable=redefined-builtin
               x_field: str = "x",
               y_field: str = "y",
-              negatives_field: str | Sequence[str] = ()) -> str:
+              negatives_field: str | Sequence[str] = (),
+              decontaminate_against: str | None = None) -> str:
   """Registers a task reading the user's JSONL / TSV files; returns its name.
 
   Args:
@@ -107,13 +108,18 @@ def file_task(name: str = gin.REQUIRED,
     format: 'jsonl' | 'tsv'; None tells each file's format from its suffix.
     x_field, y_field: JSON field / TSV column of the query (x) and positive (y).
     negatives_field: field(s) or column(s) of hard negatives (JSONL: string or list).
+    decontaminate_against: an evaluation data folder (e.g. '../shared/datasets'):
+      pairs whose x, y or a negative duplicates one of its texts are dropped
+      (`decontamination`: exact after case/whitespace normalisation, or 80% of
+      word 8-grams either way); a missing folder drops nothing.
   """
   splits = {s: p for s, p in (("train", train), ("validation", validation), ("test", test)) if p}
   if not splits:
     raise ValueError(f"file_task {name!r}: give files for at least one of train, validation, test")
   negatives = (negatives_field,) if isinstance(negatives_field, str) else tuple(negatives_field)
   fields = pair_files.PairFields(x=x_field, y=y_field, negatives=negatives)
-  register_pair_task(name, PairFileDataSource(splits, fields, format))
+  register_pair_task(name, PairFileDataSource(splits, fields, format,
+                                              decontaminate_against=decontaminate_against))
   return name
 
 
