@@ -5,6 +5,10 @@ Importing this module registers:
   stdlib_code           (docstring paragraph, function source) from the local stdlib (cpt-code)
   stdlib_text           neighbouring paragraphs of help topics and module docstrings (cpt-text)
   stdlib_code_and_text  mixture of both, rates proportional to their sizes
+  python_code           (docstring paragraph, function) from the stdlib and site-packages,
+                        numpy, scipy and tests excluded, decontaminated (`code_corpus`)
+  python_docs           neighbouring paragraphs of their module docstrings, the installed
+                        distributions' descriptions and the help topics
 
 Every task has output features `x`, `y` and `negatives`, tokenised by
 `ConfiguredVocabulary` (gin's `text_encoder`), delimiters included. T5X-style
@@ -37,7 +41,7 @@ import gin
 import seqio
 import tensorflow as tf
 
-from embed_jax.data import pair_files, preprocessors, stdlib_corpus, vocabularies
+from embed_jax.data import code_corpus, pair_files, preprocessors, stdlib_corpus, vocabularies
 from embed_jax.data.sources import PairFileDataSource
 
 SPLITS = ("train", "validation", "test")
@@ -139,10 +143,17 @@ def _stdlib_split(corpus: str, split: str) -> str:
   return stdlib_corpus.corpus_file(corpus, split)
 
 
+def _python_split(corpus: str, split: str) -> str:
+  return code_corpus.corpus_file(corpus, split)
+
+
 def register_builtin_tasks() -> None:
-  """Registers stdlib_code, stdlib_text and their mixture (corpora extracted on first read)."""
+  """Registers the built-in tasks and their mixture (corpora extracted on first read)."""
   for corpus in stdlib_corpus.CORPORA:
     splits = {split: functools.partial(_stdlib_split, corpus, split) for split in SPLITS}
+    register_pair_task(corpus, PairFileDataSource(splits, skip_bad_examples=False))
+  for corpus in code_corpus.CORPORA:
+    splits = {split: functools.partial(_python_split, corpus, split) for split in SPLITS}
     register_pair_task(corpus, PairFileDataSource(splits, skip_bad_examples=False))
   register_mixture("stdlib_code_and_text", list(stdlib_corpus.CORPORA),
                    default_rate=seqio.mixing_rate_num_examples)
