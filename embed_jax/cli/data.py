@@ -110,13 +110,14 @@ def _percentiles(lengths: np.ndarray) -> str:
 
 
 def _stats(args: argparse.Namespace) -> int:
-  from embed_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  from embed_jax.data import document_tasks, pipeline  # pylint: disable=import-outside-toplevel
   from embed_jax.data.sources import PairFileDataSource  # pylint: disable=import-outside-toplevel
   config = _config(args)
   print(f"task {config.task} split {config.split}: x_length={config.x_length}, y_length={config.y_length}")
   for task, rate in pipeline.tasks_and_rates(config.task):
     lengths = {"x": [], "y": [], "negatives": []}
     negative_counts = []
+    document_tasks.reset_counts(task.name)
     ds = task.get_dataset(None, split=config.split, shuffle=False, trim_output_features=False)
     for ex in ds.as_numpy_iterator():
       lengths["x"].append(len(ex["x"]))
@@ -125,10 +126,18 @@ def _stats(args: argparse.Namespace) -> int:
       negative_counts.append(len(ex["negatives"]))
     print(f"{task.name} (rate {rate:g}): {len(lengths['x'])} examples, "
           f"{sum(negative_counts)} negatives ({max(negative_counts, default=0)} at most per example)")
-    if isinstance(task.source, PairFileDataSource):
+    made = document_tasks.counts(task.name)
+    if made["documents"]:
+      print(f"  from {made['documents']} documents: {made['too_short']} too short, "
+            f"{made['without_pairs']} without a pair, {made['pairs']} pairs"
+            + (f", {made['decontaminated']} dropped as evaluation duplicates" if made["decontaminated"] else ""))
+    if isinstance(task.source, PairFileDataSource) and not task.source.streaming:
       skipped = task.source.records(config.split).skipped
       if skipped:
         print(f"  skipped {len(skipped)} bad lines or empty files (skip_bad_examples=True)")
+      report = task.source.decontamination_report(config.split)
+      if report is not None:
+        print(f"  decontamination: {report.line()}")
     for side, limit in (("x", config.x_length), ("y", config.y_length), ("negatives", config.y_length)):
       side_lengths = np.asarray(lengths[side])
       if side_lengths.size:

@@ -44,6 +44,18 @@ def task_key(name: str) -> int:
   return zlib.crc32(name.encode("utf-8"))
 
 
+def task_choices(seed: int, probabilities: np.ndarray, step: int, shard: int, rows: int,
+                 same_source_batches: bool = False) -> np.ndarray:
+  """Task index [rows] of each row of `shard`'s block at `step` (the mixture's draw)."""
+  if len(probabilities) == 1:
+    return np.zeros(rows, np.int64)
+  if same_source_batches:
+    rng = np.random.default_rng([seed, _MIXTURE_STREAM, step])
+    return np.full(rows, rng.choice(len(probabilities), p=probabilities), np.int64)
+  rng = np.random.default_rng([seed, _MIXTURE_STREAM, step, shard])
+  return rng.choice(len(probabilities), size=rows, p=probabilities)
+
+
 class ShardedOrder:
   """The order of examples for a task or mixture over `num_shards` shards.
 
@@ -84,13 +96,7 @@ class ShardedOrder:
 
   def _task_choices(self, step: int, shard: int, rows: int) -> np.ndarray:
     """Task index of each of `rows` rows of `shard`'s block at `step`."""
-    if len(self.tasks) == 1:
-      return np.zeros(rows, np.int64)
-    if self.same_source_batches:
-      rng = np.random.default_rng([self.seed, _MIXTURE_STREAM, step])
-      return np.full(rows, rng.choice(len(self.tasks), p=self.probabilities), np.int64)
-    rng = np.random.default_rng([self.seed, _MIXTURE_STREAM, step, shard])
-    return rng.choice(len(self.tasks), size=rows, p=self.probabilities)
+    return task_choices(self.seed, self.probabilities, step, shard, rows, self.same_source_batches)
 
   def _permutation(self, task: str, shard: int, epoch: int) -> np.ndarray:
     cached = self._permutations.get((task, shard))

@@ -55,6 +55,9 @@ class DataConfig:
     shuffle: a new permutation each epoch (False: file order, e.g. for evaluation).
     num_shards: shards of each task; None = one per process. Keep it fixed to
       resume on a different number of processes with the same order.
+    streaming: read each shard as a stream (`streaming.StreamingPairBatchIterator`)
+      instead of holding the process's share in memory: for corpora larger than
+      memory (document and tfds tasks, `file_task(streaming=True)`).
   """
 
   task: str
@@ -66,6 +69,7 @@ class DataConfig:
   seed: int = 0
   shuffle: bool = True
   num_shards: int | None = None
+  streaming: bool = False
 
 
 def tasks_and_rates(name: str) -> list[tuple[seqio.Task, float]]:
@@ -248,4 +252,13 @@ def global_batch_iterator(mesh: jax.sharding.Mesh, config: DataConfig | None = N
 
   transform: the iterator's host-batch transform (e.g. packing), or None.
   """
-  return global_batches.GlobalBatchIterator(PairBatchIterator(config), mesh, rules, transform)
+  return global_batches.GlobalBatchIterator(host_batch_iterator(config), mesh, rules, transform)
+
+
+def host_batch_iterator(config: DataConfig | None = None):
+  """`PairBatchIterator`, or with `config.streaming` a `StreamingPairBatchIterator` (gin's config if None)."""
+  config = config if config is not None else DataConfig()  # pylint: disable=no-value-for-parameter
+  if config.streaming:
+    from embed_jax.data import streaming  # pylint: disable=import-outside-toplevel
+    return streaming.StreamingPairBatchIterator(config)
+  return PairBatchIterator(config)

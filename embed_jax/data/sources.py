@@ -19,7 +19,8 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from embed_jax.data import pair_files
+from embed_jax.data import pair_files, pair_streams
+from embed_jax.errors import ConfigError
 
 Patterns = str | Sequence[str]
 
@@ -53,13 +54,21 @@ class PairFileDataSource(seqio.DataSource):
     decontaminate_against: an evaluation data folder (as `embed-jax eval
       --data_dir`): pairs duplicating its texts are dropped (`decontamination`);
       None keeps every pair.
+    streaming: read the files lazily, line by line, in file order (for files
+      larger than memory; `pair_streams`), never whole; `shuffle` then permutes
+      only the order of files. Not with `decontaminate_against`.
   """
 
   def __init__(self, split_to_patterns: Mapping[str, Patterns | Callable[[], Patterns]],
                fields: pair_files.PairFields = pair_files.PairFields(),
                format: str | None = None,  # pylint: disable=redefined-builtin
                skip_bad_examples: bool | None = None,
-               decontaminate_against: str | None = None):
+               decontaminate_against: str | None = None,
+               streaming: bool = False):
+    if streaming and decontaminate_against:
+      raise ConfigError("a streaming pair-file source cannot be decontaminated on the fly; "
+                        "run `embed-jax data decontaminate` on the files first")
+    self.streaming = streaming
     self._split_to_patterns = dict(split_to_patterns)
     self.decontaminate_against = decontaminate_against
     self._clean: dict[str, tuple] = {}  # split -> (records read, records kept, report)
@@ -108,8 +117,23 @@ class PairFileDataSource(seqio.DataSource):
       out[path] = [stat.st_size, stat.st_mtime_ns]
     return out
 
-  def num_input_examples(self, split: str) -> int:
-    return len(self.records(split))
+  def num_input_examples(self, split: str) -> int | None:
+    return None if self.streaming else len(self.records(split))
+
+  def _streamed(self, split, shuffle, seed, shard_info) -> tf.data.Dataset:
+    files = self.list_shards(split)
+    if shuffle:
+      files = [files[i] for i in np.random.default_rng(seed).permutation(len(files))]
+    shard, count = (shard_info.index, shard_info.num_shards) if shard_info else (0, 1)
+    fields, format, skip = self.fields, self._format, self._skip_bad_examples  # pylint: disable=redefined-builtin
+
+    def generate():
+      for x, y, negatives in pair_streams.iter_pairs(files, fields, format, skip, shard, count):
+        yield {"x": x, "y": y, "negatives": negatives}
+
+    return tf.data.Dataset.from_generator(generate, output_signature={
+        "x": tf.TensorSpec([], tf.string), "y": tf.TensorSpec([], tf.string),
+        "negatives": tf.TensorSpec([None], tf.string)})
 
   def get_dataset(
       self,
@@ -124,6 +148,8 @@ class PairFileDataSource(seqio.DataSource):
   ) -> tf.data.Dataset:
     """The split's examples (of one shard), in file order unless `shuffle`."""
     del sequence_length, use_cached, num_epochs
+    if self.streaming:
+      return self._streamed(split, shuffle, seed, shard_info)
     records = self.records(split)
     index = np.arange(len(records))
     if shard_info is not None:

@@ -103,7 +103,8 @@ def file_task(name: str = gin.REQUIRED,
               x_field: str = "x",
               y_field: str = "y",
               negatives_field: str | Sequence[str] = (),
-              decontaminate_against: str | None = None) -> str:
+              decontaminate_against: str | None = None,
+              streaming: bool = False) -> str:
   """Registers a task reading the user's JSONL / TSV files; returns its name.
 
   Args:
@@ -116,6 +117,8 @@ def file_task(name: str = gin.REQUIRED,
       pairs whose x, y or a negative duplicates one of its texts are dropped
       (`decontamination`: exact after case/whitespace normalisation, or 80% of
       word 8-grams either way); a missing folder drops nothing.
+    streaming: read the files lazily, never whole (files larger than memory;
+      use with `DataConfig.streaming = True`).
   """
   splits = {s: p for s, p in (("train", train), ("validation", validation), ("test", test)) if p}
   if not splits:
@@ -123,7 +126,8 @@ def file_task(name: str = gin.REQUIRED,
   negatives = (negatives_field,) if isinstance(negatives_field, str) else tuple(negatives_field)
   fields = pair_files.PairFields(x=x_field, y=y_field, negatives=negatives)
   register_pair_task(name, PairFileDataSource(splits, fields, format,
-                                              decontaminate_against=decontaminate_against))
+                                              decontaminate_against=decontaminate_against,
+                                              streaming=streaming))
   return name
 
 

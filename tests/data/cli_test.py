@@ -93,3 +93,22 @@ def test_stats_and_show_read_train_files_without_a_gin_task(tmp_path, sentencepi
   assert main.main(["data", "show", "-n", "1"] + common) == 0
   out = capsys.readouterr().out
   assert "== user_files[train]" in out and "question 0 about lists" in out
+
+
+def test_stats_counts_documents_of_a_document_task(tmp_path, sentencepiece_path, capsys):
+  for k in range(3):
+    (tmp_path / f"d{k}.txt").write_text("\n\n".join(" ".join(f"w{k}{p}{i}" for i in range(9)) for p in range(3)))
+  (tmp_path / "short.txt").write_text("tiny\n")
+  config = tmp_path / "docs.gin"
+  config.write_text(f"""
+import embed_jax.data.pipeline
+import embed_jax.data.document_tasks
+text_encoder.sentencepiece_model = '{sentencepiece_path}'
+docs/document_task.name = 'cli_docs'
+docs/document_task.train = '{tmp_path}/*.txt'
+DataConfig.task = @docs/document_task()
+""")
+  assert main.main(["data", "stats", f"--gin_file={config}"]) == 0
+  out = capsys.readouterr().out
+  assert "cli_docs (rate 1): 6 examples" in out
+  assert "from 4 documents: 1 too short, 0 without a pair, 6 pairs" in out
