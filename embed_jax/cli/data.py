@@ -2,7 +2,7 @@
 
     embed-jax data show  --gin_file=data/stdlib_code.gin [-n 5] [--task T] [--split S]
     embed-jax data stats --gin_file=data/stdlib_code.gin [--task T] [--split S]
-    embed-jax data stats --train_files 'pairs/*.jsonl' --x_field query --y_field positive
+    embed-jax data stats --gin_file=data/vocab_minilm.gin --train_files 'pairs/*.jsonl' --x_field query --y_field positive
     embed-jax data train-vocab --output=vocab.model [--vocab_size=8000] [--input=FILE ...]
     embed-jax data decontaminate --input 'pairs/*.jsonl' --against ../shared/datasets --out clean/
 
