@@ -98,3 +98,23 @@ def test_mistakes_name_the_setting(runs, tmp_path):
     main.main(["compare", str(tmp_path / "none_*")])
   with pytest.raises(CommandLineError, match="go together"):
     main.main(["compare", str(root / "*"), "--plot", "loss"])
+
+
+def test_the_example_sweep_prints_train_commands_whose_bindings_apply():
+  import os  # pylint: disable=import-outside-toplevel
+  import shlex  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import gin  # pylint: disable=import-outside-toplevel
+  from embed_jax import gin_config  # pylint: disable=import-outside-toplevel
+  import embed_jax.train.trainer  # pylint: disable=import-outside-toplevel,unused-import
+  script = os.path.join(os.path.dirname(main.__file__), "..", "configs", "sweeps", "learning_rate.sh")
+  lines = subprocess.run(["bash", script, "--print"], capture_output=True, text=True, check=True,
+                         env={**os.environ, "OUT": "sweep"}).stdout.splitlines()
+  seen = set()
+  for line in lines:
+    files, bindings, rest = main.split_gin_flags(shlex.split(line))
+    assert rest[:2] == ["embed-jax", "train"] and rest[2].startswith("--model_dir=sweep/")
+    gin.clear_config(clear_constants=True)
+    gin_config.parse(files, bindings)  # Raises on a binding that does not apply.
+    seen.add((gin.query_parameter(LR), gin.query_parameter(SEED)))
+  assert seen == {(lr, seed) for lr in (1e-4, 1e-3, 1e-2) for seed in (0, 1)}
