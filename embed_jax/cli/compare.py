@@ -205,8 +205,10 @@ def plot(runs: Sequence[Run], metric: str, binding: str, out: str) -> list[tuple
   if numeric:
     points.sort(key=lambda p: p[0])
     xs = [p[0] for p in points]
-    ax.plot(xs, [p[1] for p in points], marker="o")
-    if min(xs) > 0 and max(xs) / min(xs) > 100:
+    ax.scatter(xs, [p[1] for p in points])
+    distinct = sorted(set(xs))  # Runs sharing a value (e.g. seeds): the line goes through their mean.
+    ax.plot(distinct, [sum(p[1] for p in points if p[0] == x) / xs.count(x) for x in distinct])
+    if min(xs) > 0 and max(xs) / min(xs) >= 100:
       ax.set_xscale("log")
   else:
     ax.bar(range(len(points)), [p[1] for p in points], tick_label=[_show(p[0]) for p in points])
