@@ -58,10 +58,16 @@ def _settings(bindings: Mapping[str, Any], prefixes: tuple[str, ...]) -> dict[st
           if _short(k).startswith(prefixes) and v is not None}
 
 
+def _setting(value: Any) -> str:
+  """A gin value as a table cell: strings quoted, others as Python writes them."""
+  return f"`{value!r}`" if isinstance(value, str) else str(value).replace("|", "\\|")
+
+
 def _value(value: Any) -> str:
+  """A measured number as a table cell (4 decimals)."""
   if isinstance(value, float):
     return f"{value:.4f}" if math.isfinite(value) and abs(value) >= 1e-3 else f"{value:.4g}"
-  return f"`{value!r}`" if isinstance(value, str) else str(value).replace("|", "\\|")
+  return _setting(value)
 
 
 def _table(header: tuple[str, ...], rows: list[tuple]) -> list[str]:
@@ -70,16 +76,20 @@ def _table(header: tuple[str, ...], rows: list[tuple]) -> list[str]:
   return lines
 
 
-def evaluation_rows(results: Mapping[str, Any]) -> list[tuple[str, ...]]:
-  """(metric, before training, after training, BM25) rows of a run's results.json evaluations."""
-  final = results.get("final_eval") or {}
-  initial = results.get("initial_eval") or {}
-  bm25 = results.get("bm25_eval") or {}
-  rows = []
-  for metric in list(final) + [m for m in initial if m not in final]:
-    cells = [initial.get(metric), final.get(metric), bm25.get(metric)]
-    rows.append((metric, *("" if c is None else _value(c) for c in cells)))
-  return rows
+EVALUATIONS = (("before training", "initial_eval"), ("after training", "final_eval"),
+               ("BM25", "bm25_eval"))
+
+
+def evaluation_table(results: Mapping[str, Any]) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+  """(header, rows): each metric of the run's evaluations (results.json) before/after training
+  and BM25's, the columns the run measured."""
+  columns = [(label, results[key]) for label, key in EVALUATIONS if results.get(key)]
+  metrics = []
+  for _, values in columns:
+    metrics += [m for m in values if m not in metrics]
+  rows = [(m, *("" if values.get(m) is None else _value(values[m]) for _, values in columns))
+          for m in metrics]
+  return ("metric", *(label for label, _ in columns)), rows
 
 
 def model_card(loaded: Any, folder: epath.PathLike, side: str, *, run_dir: epath.PathLike | None,
@@ -101,7 +111,7 @@ def model_card(loaded: Any, folder: epath.PathLike, side: str, *, run_dir: epath
   dim = config.projection_dim or encoder.d_model
   prefix = " ".join(getattr(loaded.text_spec, f"{side}_prefix"))
   suffix = " ".join(getattr(loaded.text_spec, f"{side}_suffix"))
-  name = epath.Path(folder).name or "model"
+  name = epath.Path(run_dir).name if run_dir is not None else epath.Path(folder).name or "model"
   lines = ["---", "library_name: sentence-transformers", "pipeline_tag: sentence-similarity",
            "tags:", "- sentence-transformers", "- feature-extraction", "- embed_jax", "---", "",
            f"# {name}", "",
@@ -130,24 +140,25 @@ def model_card(loaded: Any, folder: epath.PathLike, side: str, *, run_dir: epath
     batch = data.get("DataConfig.batch_size", data.get("SyntheticPairs.batch_size"))
     rows = [("steps", results.get("step", run.get("train.steps"))),
             ("global batch", f"{batch} pairs" if batch is not None else "")]
-    rows += [(f"`{k}`", _value(v)) for k, v in data.items()]
-    rows += [(f"`{k}`", _value(v)) for k, v in _settings(bindings, _OBJECTIVE_SELECTORS).items()]
+    rows += [(f"`{k}`", _setting(v)) for k, v in data.items()]
+    rows += [(f"`{k}`", _setting(v)) for k, v in _settings(bindings, _OBJECTIVE_SELECTORS).items()]
     if "train.objective" in {_short(k) for k in bindings}:
-      rows.insert(2, ("objective", _value(next(v for k, v in bindings.items()
+      rows.insert(2, ("objective", _setting(next(v for k, v in bindings.items()
                                                  if _short(k) == "train.objective"))))
-    rows += [(f"`{k}`", _value(v)) for k, v in _settings(bindings, _OPTIMIZER_SELECTORS).items()]
-    rows += [(f"`{k}`", _value(v)) for k, v in run.items() if k not in ("train.steps",)]
+    rows += [(f"`{k}`", _setting(v)) for k, v in _settings(bindings, _OPTIMIZER_SELECTORS).items()]
+    rows += [(f"`{k}`", _setting(v)) for k, v in sorted(run.items())
+             if k not in ("train.steps", "train.data_source") and v is not None]
     if results.get("final_loss") is not None:
       rows.append(("final training loss", _value(results["final_loss"])))
     lines += ["", "## Training", "", "From the run's `config.gin` (gin's operative config):", ""]
     lines += _table(("setting", "value"), rows)
-  evaluation = evaluation_rows(results)
+  header, evaluation = evaluation_table(results)
   if evaluation:
     lines += ["", "## Evaluation", "",
               "The run's own evaluation (`results.json`): validation loss/accuracy on held-out "
               "pairs and code search on the stdlib_code test split, as far as the run measured them.",
               ""]
-    lines += _table(("metric", "before training", "after training", "BM25"), evaluation)
+    lines += _table(header, evaluation)
   lines += ["", "## Usage", "", "With sentence-transformers:", "", "```python",
             "from sentence_transformers import SentenceTransformer", "",
             f"model = SentenceTransformer({str(folder)!r})",
