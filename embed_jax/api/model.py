@@ -86,17 +86,6 @@ def model_directory(source: str | os.PathLike, cache_dir: str | os.PathLike | No
   return cached_conversion(os.fspath(source), cache_dir)
 
 
-def truncate(embeddings: np.ndarray, dim: int, normalize: bool) -> np.ndarray:
-  """The first `dim` columns of [..., d] embeddings, re-normalised to unit length when `normalize`."""
-  full = embeddings.shape[-1]
-  if not isinstance(dim, (int, np.integer)) or not 1 <= dim <= full:
-    raise ApiError(f"dim={dim!r}: must be an integer from 1 to the embedding size {full}")
-  out = embeddings[..., :dim]
-  if normalize:
-    out = out / np.maximum(np.linalg.norm(out, axis=-1, keepdims=True), 1e-12)
-  return out.astype(np.float32)
-
-
 def _check_side(side: str) -> None:
   if side not in SIDES:
     raise ApiError(f"side={side!r}: must be 'x' (queries, the first side of a pair) or 'y' "
@@ -123,10 +112,11 @@ class Model:
     self.directory: Path = Path(loaded.directory)
     self.config = loaded.config
     self.metadata: dict[str, Any] = dict(loaded.metadata)
-    self.max_length: int = int(self.metadata.get("max_length") or loaded.config.encoder.max_length)
+    from embed_jax.evaluation import model_embed  # pylint: disable=import-outside-toplevel
+    self.max_length: int = model_embed.max_length_for(loaded)
     self.pooling: str = loaded.config.pooling
     self.normalize: bool = bool(loaded.config.normalize)
-    self.dim: int = int(loaded.config.projection_dim or loaded.config.encoder.d_model)
+    self.dim: int = model_embed.embedding_size(loaded)
     prompts = self.metadata.get("prompts") or {}
     self.prompts: dict[str, str] = {s: str(prompts[s]) for s in SIDES if prompts.get(s)}
 
@@ -152,15 +142,19 @@ class Model:
         delimiters alone).
       side: "x" (queries) or "y" (documents): which delimiters wrap the text.
       batch_size: texts per device step (rounded up to the mesh's batch shards).
-      dim: keep the first `dim` dimensions (Matryoshka), re-normalised when
-        the model normalises.
+      dim: keep the first `dim` dimensions (Matryoshka), re-normalised to unit
+        length, as `embed-jax embed --dim` does.
       max_length: tokens per text; default `self.max_length`.
       prompt: an instruction put before each text; default the model's
         recorded prompt for the side, "" for none.
       progress: show a progress bar.
     """
     from embed_jax import embedding  # pylint: disable=import-outside-toplevel
+    from embed_jax.evaluation import model_embed  # pylint: disable=import-outside-toplevel
     _check_side(side)
+    if dim is not None and (not isinstance(dim, (int, np.integer)) or isinstance(dim, bool)):
+      raise ApiError(f"dim={dim!r}: must be an integer from 1 to the embedding size {self.dim}")
+    model_embed.check_dim(dim, self.dim)  # Before the work, not after it.
     single = isinstance(texts, str)
     batch = [texts] if single else list(texts)
     for i, text in enumerate(batch):
@@ -173,11 +167,10 @@ class Model:
         kwargs["prompt"] = prompt  # Pooling then leaves the prompt's tokens out, as trained.
       else:
         batch = [prompt + text for text in batch]
-    out = embedding.embed_with_model(self._loaded, batch, side=side, batch_size=batch_size,
-                                     max_length=max_length or self.max_length, mesh=self.mesh,
-                                     progress=progress, **kwargs)
-    if dim is not None:
-      out = truncate(out, dim, self.normalize)
+    out = embedding.embed_with_model(
+        self._loaded, batch, side=side, batch_size=batch_size, mesh=self.mesh, progress=progress,
+        max_length=model_embed.max_length_for(self._loaded, max_length), **kwargs)
+    out = model_embed.truncate(out, dim)
     return out[0] if single else out
 
   def _as_embeddings(self, value: Any, side: str) -> np.ndarray:

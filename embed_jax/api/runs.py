@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from embed_jax.api.model import ApiError, Model, load
+from embed_jax.errors import UserError
 
 # Modules whose gin configurables a run may call: imported before the config is parsed
 # and locked (a configurable registered after that is an error).
@@ -115,8 +116,8 @@ def _data_source() -> str:
 
 def evaluate(model: Model | str | os.PathLike, tasks: Sequence[str] | str, *,
              data_dir: str | os.PathLike | None = None, out_dir: str | os.PathLike | None = None,
-             limit: int | None = None, batch_size: int = 128,
-             max_length: int | None = None) -> dict[str, Any]:
+             limit: int | None = None, batch_size: int = 128, max_length: int | None = None,
+             dim: int | None = None, split: str = "test") -> dict[str, Any]:
   """Scores `model` on evaluation tasks, as `embed-jax eval`; returns {task: results}.
 
   Args:
@@ -128,6 +129,8 @@ def evaluate(model: Model | str | os.PathLike, tasks: Sequence[str] | str, *,
     out_dir: also write results.json, report.md and plots there.
     limit: at most this many examples per split (queries for retrieval): smoke runs.
     max_length: tokens per text; default the model's `max_length`.
+    dim: score the first `dim` dimensions, re-normalised (Matryoshka).
+    split: "test" or "dev": the STS file and BEIR qrels the tasks read.
 
   Returns:
     {task name: {"model": {metric: value}, "bm25": {...}, ...}} as in
@@ -142,12 +145,14 @@ def evaluate(model: Model | str | os.PathLike, tasks: Sequence[str] | str, *,
   data_dir = os.fspath(data_dir) if data_dir is not None else os.curdir
   try:
     for name in names:
-      tasks_lib.get_task(name, data_dir)
+      tasks_lib.get_task(name, data_dir, split)
   except ValueError as e:
+    if isinstance(e, UserError):
+      raise
     raise ApiError(f"evaluate: {e}") from None
   embed_for = runner.model_embed_fn(model.loaded, model.mesh, batch_size,
-                                    max_length or model.max_length)
+                                    max_length or model.max_length, dim)
   return runner.run_tasks(embed_for, names, data_dir,
                           os.fspath(out_dir) if out_dir is not None else None, model.mesh, limit,
-                          info={"model": str(model.directory),
-                                "max_length": max_length or model.max_length})
+                          info={"model": str(model.directory), "dim": dim,
+                                "max_length": max_length or model.max_length}, split=split)

@@ -66,7 +66,7 @@ def test_dim_truncates_and_renormalises(model):
   expected = full[:, :8] / np.linalg.norm(full[:, :8], axis=1, keepdims=True)
   np.testing.assert_allclose(short, expected, atol=1e-6)
   for bad in (0, model.dim + 1, 2.5):
-    with pytest.raises(ApiError, match="dim"):
+    with pytest.raises(UserError, match="dim"):
       model.embed(TEXTS, dim=bad)
 
 
