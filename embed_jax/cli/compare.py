@@ -153,15 +153,16 @@ def table(runs: Sequence[Run], bindings: Sequence[str]) -> tuple[list[str], list
   header = ["run", *bindings, *FIXED_COLUMNS, *metrics]
   rows = []
   for run in runs:
-    cells = [run.name] + [_show(run.bindings.get(b, UNSET)) for b in bindings]
+    cells = [run.name] + [_show(run.bindings.get(b, UNSET), missing="None") for b in bindings]
     cells += [_show(run.value(c)) for c in (*FIXED_COLUMNS, *metrics)]
     rows.append(cells)
   return header, rows
 
 
-def _show(value: Any) -> str:
+def _show(value: Any, missing: str = "-") -> str:
+  """A cell: `missing` for None (a binding set to None, or a result the run lacks)."""
   if value is None:
-    return "-"
+    return missing
   if isinstance(value, float):
     return f"{value:.4g}"
   return value if value == UNSET else repr(value) if isinstance(value, str) else str(value)
