@@ -59,6 +59,9 @@ REQUIRED = [
     "embed_jax.train.objective",
     "embed_jax.train.updater",
     "embed_jax.flops",
+    "embed_jax.api",
+    "embed_jax.cli.compare",
+    "embed_jax.checkpoints.model_card",
 ]
 # Checked once they exist (other issues add them).
 WHEN_PRESENT = [

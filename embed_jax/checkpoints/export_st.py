@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from embed_jax.checkpoints import model_dir
+from embed_jax.checkpoints import model_card, model_dir
 from embed_jax.checkpoints.hf_config import config_to_hf
 from embed_jax.checkpoints.hf_params import params_to_hf
 from embed_jax.errors import UserError
@@ -131,7 +131,8 @@ def _sentence_transformer(hf_folder: Path, loaded: model_dir.LoadedModel, max_le
 
 
 def export(model: str | Path, out: str | Path, *, side: str = "both",
-           max_length: int | None = None) -> list[Path]:
+           max_length: int | None = None, run_dir: str | Path | None = None,
+           results: dict[str, Any] | None = None) -> list[Path]:
   """Writes sentence-transformers folder(s) for a model directory; returns their paths.
 
   Args:
@@ -141,6 +142,9 @@ def export(model: str | Path, out: str | Path, *, side: str = "both",
     side: "x", "y" or "both".
     max_length: the exported max_seq_length; default the model's metadata
       `max_length`, else the encoder's max_length.
+    run_dir, results: the run whose config.gin and results.json the model card
+      (README.md, see `model_card`) describes; default the folder above
+      `model` when it is a run directory (RUN/final), and its results.json.
   """
   if side not in ("x", "y", "both"):
     raise ValueError(f"side must be 'x', 'y' or 'both', got {side!r}")
@@ -161,5 +165,8 @@ def export(model: str | Path, out: str | Path, *, side: str = "both",
     with tempfile.TemporaryDirectory() as tmp:
       _write_hf_folder(Path(tmp), loaded, target_side, max_length)
       _check_reloaded_tokenizer(Path(tmp), loaded, target_side, max_length)
-      _sentence_transformer(Path(tmp), loaded, max_length).save(str(folder))
+      _sentence_transformer(Path(tmp), loaded, max_length).save(str(folder), create_model_card=False)
+    model_card.write_model_card(loaded, folder, target_side,
+                                run_dir=run_dir or model_card.run_dir_of(loaded.directory),
+                                results=results)
   return list(targets.values())
