@@ -19,6 +19,8 @@ import jax
 import numpy as np
 
 from embed_jax import partitioning
+# Imported up front: it registers gin configurables, which cannot be added once gin is locked.
+from embed_jax.data import stdlib_corpus
 
 from embed_jax.embedding import embed_texts
 
@@ -53,7 +55,6 @@ def bm25_scores(queries: Sequence[str], documents: Sequence[str]) -> np.ndarray:
 
 def stdlib_code_pairs(split: str = "test", max_examples: int | None = None) -> tuple[list[str], list[str]]:
   """(docstrings, functions) of the built-in stdlib_code corpus split, in file order."""
-  from embed_jax.data import stdlib_corpus  # pylint: disable=import-outside-toplevel
   with open(stdlib_corpus.corpus_file("stdlib_code", split), encoding="utf-8") as f:
     pairs = [json.loads(line) for line in f if line.strip()]
   pairs = pairs[:max_examples] if max_examples else pairs
