@@ -28,3 +28,4 @@ bench-smoke:
 	.venv/bin/python bench/grad_cache_overhead.py --smoke
 	.venv/bin/python bench/compare_sentence_transformers.py --smoke
 	.venv/bin/python bench/lora.py --smoke
+	.venv/bin/python bench/host_overhead.py --smoke
