@@ -79,12 +79,9 @@ def oracle(x, y, log_temp, hard, valid, ids, gx, gy, gh, teacher, *, matryoshka_
       target = teacher / distill_temperature
       use = jnp.concatenate([jnp.ones((batch, 1), bool), valid], axis=1)
       if distill == "kl":
-        total = 0.0
-        for i in range(batch):
-          t = jax.nn.softmax(target[i][use[i]])
-          s = jax.nn.log_softmax(student[i][use[i]])
-          total = total + jnp.sum(t * (jnp.log(t) - s))
-        term = total / batch
+        log_t = jax.nn.log_softmax(jnp.where(use, target, -jnp.inf), axis=1)
+        log_s = jax.nn.log_softmax(jnp.where(use, student, -jnp.inf), axis=1)
+        term = jnp.mean(jnp.sum(jnp.where(use, jnp.exp(log_t) * (log_t - log_s), 0.0), axis=1))
       else:
         error = (student[:, :1] - student[:, 1:]) - (target[:, :1] - target[:, 1:])
         term = jnp.sum(jnp.where(valid, error**2, 0.0)) / jnp.sum(valid)
@@ -117,13 +114,12 @@ def make_batch(batch, dim=12, heads=2, guide_dim=6, seed=0):
   guide_hard = unit(hard[..., :guide_dim] + 0.3 * rng.normal(size=(batch, heads, guide_dim)))
   teacher = rng.normal(size=(batch, 1 + heads)).astype(np.float32) * 3
   teacher[:, 0] += 4
-  teacher[::3, -1] = np.nan  # a missing negative's teacher score is ignored... but must be finite
-  teacher = np.nan_to_num(teacher, nan=-7.0)
+  teacher[::3, -1] = -7.0  # a missing negative's score: ignored
   return dict(x=x, y=y, hard=hard, valid=valid, ids=ids, gx=guide_x, gy=guide_y, gh=guide_hard,
               teacher=teacher)
 
 
-ALL = dict(matryoshka_dims=(4, 8, 12), matryoshka_weights=(0.5, 1.0, 2.0),
+ALL = dict(matryoshka_dims=(5, 12), matryoshka_weights=(0.5, 2.0),
            directions=("x->y", "y->x", "x->x", "y->y"), partition="joint", guided=True,
            guide_margin=0.05, false_negative_margin=0.3, distill="kl", distill_weight=0.7,
            distill_temperature=2.0)
@@ -132,10 +128,8 @@ ALONE = {
     "directions": dict(directions=("x->y", "y->x", "x->x", "y->y")),
     "joint": dict(directions=("x->y", "y->x", "y->y"), partition="joint"),
     "guide": dict(guided=True, guide_margin=0.05),
-    "guide-relative": dict(guided=True, guide_margin=0.95, guide_margin_kind="relative"),
     "false-negative": dict(false_negative_margin=0.2),
     "distill-kl": dict(distill="kl", distill_student_temperature=0.1),
-    "distill-margin-mse": dict(distill="margin_mse", distill_weight=0.1),
 }
 # (terms, mesh shape, rows per batch shard, ring tile)
 CASES = {f"{name}-4x2": (options, (4, 2, 1), 5, 2) for name, options in ALONE.items()}
@@ -148,11 +142,7 @@ CASES.update({"all-8": (ALL, (8, 1, 1), 3, 2), "all-4x2": (ALL, (4, 2, 1), 5, 3)
 
 
 def library_options(options):
-  options = dict(options)
-  options.pop("guided", None)
-  if "distill_student_temperature" in options or "distill_temperature" in options:
-    pass
-  return options
+  return {k: v for k, v in options.items() if k != "guided"}
 
 
 @functools.lru_cache(maxsize=None)
@@ -172,22 +162,27 @@ def library_step(impl, mesh_shape, tile, case):
 
 @functools.lru_cache(maxsize=None)
 def expected(case):
+  """(data, loss, grads w.r.t. x, y, log_temp, hard) of the oracle in float64."""
   options, mesh_shape, rows, _ = CASES[case]
   data = make_batch(rows * mesh_shape[0] * mesh_shape[1], seed=rows)
   with jax.enable_x64(True):
-    args = [jnp.asarray(data[k], jnp.float64 if data[k].dtype == np.float32 else None)
-            for k in ("x", "y")]
-    log_temp = jnp.asarray(np.log(8.0), jnp.float64)
-    rest = [jnp.asarray(data[k], jnp.float64 if data[k].dtype == np.float32 else None)
-            for k in ARRAYS]
-    value, grads = jax.value_and_grad(
-        lambda x, y, t, h: oracle(x, y, t, h, *rest[1:], **options), argnums=(0, 1, 2, 3))(
-            *args, log_temp, rest[0])
+    wide = {k: jnp.asarray(v, jnp.float64) if v.dtype == np.float32 else jnp.asarray(v)
+            for k, v in data.items()}
+    loss_fn = functools.partial(oracle, **options)
+    value, grads = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1, 2, 3)))(
+        wide["x"], wide["y"], jnp.asarray(np.log(8.0), jnp.float64), *(wide[k] for k in ARRAYS))
     return data, float(value), [np.asarray(g) for g in grads]
 
 
-@pytest.mark.parametrize("impl", ["reference", "gather", "ring"])
-@pytest.mark.parametrize("case", CASES)
+# The dense reference runs with every term at once; the ring, whose backward is
+# written by hand, also with the other margin kind, partition and distillation.
+RUNS = ([(case, impl) for case in CASES if case.startswith("all-") and "margin-mse" not in case
+         for impl in ("reference", "gather", "ring")]
+        + [(case, impl) for case in CASES if not case.startswith("all-") for impl in ("gather", "ring")]
+        + [("all-per-direction-relative-margin-mse-4x2", "ring")])
+
+
+@pytest.mark.parametrize("case,impl", RUNS)
 def test_loss_and_gradients_match_float64_oracle(assert_close, case, impl):
   _, mesh_shape, _, tile = CASES[case]
   data, expected_loss, expected_grads = expected(case)
@@ -197,3 +192,7 @@ def test_loss_and_gradients_match_float64_oracle(assert_close, case, impl):
   for name, grad, want in zip(("x", "y", "log_temp", "hard_negatives"), grads, expected_grads):
     assert_close(grad, want, name=f"d {name}")
   assert all(np.isfinite(float(v)) for v in metrics.values())
+  if "masked_share" in metrics:  # the rules remove some candidates, not all
+    assert 0.0 < float(metrics["masked_share"]) < 0.9
+  if "distill_loss" in metrics:
+    assert float(metrics["distill_loss"]) > 1e-3
