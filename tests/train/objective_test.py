@@ -135,3 +135,34 @@ def test_distillation_without_teacher_scores_fails_before_the_first_step(setup):
   del batch["teacher_scores"]
   with pytest.raises(ConfigError, match="needs a 'teacher_scores' field"):
     jax.eval_shape(step.direct_grads, s["params"], s["put"](batch), jax.random.PRNGKey(0))
+
+
+def test_gist_matryoshka_recipe_builds_a_working_objective(setup):
+  """runs/finetune_gist_matryoshka.gin parses, and the objective it binds scores a batch of
+  384-wide embeddings (MiniLM's width) with its dims and its guide."""
+  import gin  # pylint: disable=import-outside-toplevel
+  from embed_jax import gin_config  # pylint: disable=import-outside-toplevel
+  from embed_jax.models.dual_encoder import build_dual_encoder  # pylint: disable=import-outside-toplevel
+  import dataclasses  # pylint: disable=import-outside-toplevel
+  gin.clear_config(clear_constants=True)
+  try:
+    gin_config.parse(["runs/finetune_gist_matryoshka.gin"],
+                     ["train.init_from='unused'", "train.guide_model='unused'",
+                      "pairs/file_task.train='unused'", "pairs/file_task.validation='unused'"])
+    module = build_dual_encoder(dataclasses.replace(config(16, 1, 0.0), projection_dim=384))
+    objective = ContrastiveObjective(module, setup["mesh"], guide=setup["guide"])
+  finally:
+    gin.clear_config(clear_constants=True)
+  assert objective.loss_options["matryoshka_dims"] == (64, 128, 256, 384)
+  rng = np.random.default_rng(0)
+  unit = lambda a: (a / np.linalg.norm(a, axis=-1, keepdims=True)).astype(np.float32)
+  x = unit(rng.normal(size=(16, 384)))
+  outputs = {"x": x, "y": unit(x + rng.normal(size=(16, 384))),
+             "neg": unit(rng.normal(size=(16, 1, 384))),
+             "guide_x": unit(x[:, :8] + 0.5 * rng.normal(size=(16, 8))),
+             "guide_y": unit(x[:, :8] + 0.5 * rng.normal(size=(16, 8))),
+             "guide_neg": unit(rng.normal(size=(16, 1, 8)))}
+  batch = {"neg_mask": np.ones((16, 1, 4), np.int32), "y_ids": np.arange(16, dtype=np.int32)}
+  loss, metrics = jax.jit(objective.loss)(outputs, np.float32(3.0), batch)
+  assert np.isfinite(float(loss)) and 0 < float(metrics["masked_share"]) < 1
+  assert {"loss_dim64", "loss_dim384", "accuracy_x_to_y_dim64"} <= set(metrics)
