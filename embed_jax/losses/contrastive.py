@@ -168,16 +168,20 @@ def contrastive_loss(
       false_negative_margin=None if false_negative_margin is None else float(false_negative_margin),
       guided=guide is not None)
 
-  def one_loss(part):
+  def one_loss(part, prefix_dim):
+    if impl == "ring":  # the ring takes its prefix inside the kernels (no copy outlives them)
+      return ring_loss(part, log_temp, mesh=mesh, axes=axes, tile_size=int(tile_size),
+                       terms=terms, prefix_dim=prefix_dim)
+    if prefix_dim is not None:
+      part = _prefixed(part, prefix_dim)
     if impl == "reference":
       return reference_loss(part, log_temp, terms)
-    if impl == "gather":
-      return gather_loss(part, log_temp, mesh=mesh, axes=axes, terms=terms)
-    return ring_loss(part, log_temp, mesh=mesh, axes=axes, tile_size=int(tile_size), terms=terms)
+    return gather_loss(part, log_temp, mesh=mesh, axes=axes, terms=terms)
 
-  def with_distillation(part):
-    loss, metrics = one_loss(part)
+  def with_distillation(prefix_dim=None):
+    loss, metrics = one_loss(inputs, prefix_dim)
     if distill is not None:
+      part = inputs if prefix_dim is None else _prefixed(inputs, prefix_dim)
       term = distill_lib.distill_loss(
           part["x"], part["y"], part.get("hard"), part.get("valid"), teacher_scores, log_temp,
           kind=distill, temperature=float(distill_temperature),
@@ -187,17 +191,21 @@ def contrastive_loss(
     return loss, metrics
 
   if dims is None:
-    return with_distillation(inputs)
+    return with_distillation()
   total, metrics, smallest = 0.0, {}, None
   for d, w in zip(dims, weights):
-    part = dict(inputs, **{k: _prefix(inputs[k], d) for k in ("x", "y", "hard") if k in inputs})
-    loss, prefix_metrics = with_distillation(part)
+    loss, prefix_metrics = with_distillation(d)
     total = total + w * loss
     metrics[f"loss_dim{d}"] = jax.lax.stop_gradient(loss)
     smallest = smallest or (d, prefix_metrics)
   metrics.update(prefix_metrics)  # the largest dim's
   metrics.update({f"{k}_dim{smallest[0]}": smallest[1][k] for k in _PER_DIM_METRICS})
   return total, metrics
+
+
+def _prefixed(inputs: dict[str, jax.Array], dim: int) -> dict[str, jax.Array]:
+  """x, y and the hard negatives cut to their first `dim` features, re-normalised."""
+  return dict(inputs, **{k: _prefix(inputs[k], dim) for k in ("x", "y", "hard") if k in inputs})
 
 
 def _prefix(a: jax.Array, dim: int) -> jax.Array:

@@ -53,6 +53,7 @@ def ring_loss(
     axes: common.BatchAxes,
     tile_size: int,
     terms: common.Terms = common.Terms(),
+    prefix_dim: int | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The contrastive loss of `terms` over the global batch by a ppermute ring over `axes`.
 
@@ -63,11 +64,15 @@ def ring_loss(
     mesh, axes: the mesh and its batch axes; axes=() runs the tiled loop on one device.
     tile_size: rows (and columns) of the largest logit tile held at a time.
     terms: directions, partition and false-negative rules.
+    prefix_dim: score the first `prefix_dim` features of x, y and the hard
+      negatives, re-normalised (a Matryoshka prefix). The prefix is taken
+      inside each shard's kernels and its normalisation differentiated there,
+      so no prefix copy outlives a kernel and the residuals are the inputs.
 
   Returns:
     (loss, metrics) as `embed_jax.losses.contrastive_loss` describes.
   """
-  return _ring_loss_fn(mesh, axes, tile_size, terms)(inputs, log_temp)
+  return _ring_loss_fn(mesh, axes, tile_size, terms, prefix_dim)(inputs, log_temp)
 
 
 # Inputs that get no gradient: ids and validity (integers / booleans) and the guide's
@@ -76,10 +81,12 @@ _NO_GRAD_KEYS = ("ids", "valid", "gx", "gy", "gh")
 
 
 @functools.lru_cache(maxsize=None)
-def _ring_loss_fn(mesh, axes: common.BatchAxes, tile_size: int, terms: common.Terms):
-  """The custom-VJP loss for one (mesh, axes, tile, terms) configuration."""
+def _ring_loss_fn(mesh, axes: common.BatchAxes, tile_size: int, terms: common.Terms,
+                  prefix_dim: int | None):
+  """The custom-VJP loss for one (mesh, axes, tile, terms, prefix) configuration."""
   num_shards = math.prod(mesh.shape[a] for a in axes) if axes else 1
-  config = dict(axes=axes, num_shards=num_shards, tile_size=tile_size, terms=terms)
+  config = dict(axes=axes, num_shards=num_shards, tile_size=tile_size, terms=terms,
+                prefix_dim=prefix_dim)
 
   def run_forward(inputs, log_temp):
     specs = jax.tree.map(lambda _: P(axes), inputs)
@@ -296,10 +303,38 @@ def _row_directions(terms: common.Terms) -> tuple[str, ...]:
   return ("x->y",) + tuple(d for d in ("x->x", "y->y") if terms.uses(d))
 
 
+_PREFIXED = ("x", "y", "hard")
+
+
+def _normalised_prefix(a: jax.Array, dim: int) -> jax.Array:
+  a = a[..., :dim]
+  return a / jnp.maximum(jnp.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
+
+
+def _take_prefix(inputs, prefix_dim):
+  """inputs with x, y, hard cut to their normalised first `prefix_dim` features (None: as is)."""
+  if prefix_dim is None:
+    return inputs
+  return dict(inputs, **{k: _normalised_prefix(inputs[k], prefix_dim)
+                         for k in _PREFIXED if k in inputs})
+
+
+def _prefix_vjp(raw: jax.Array, grad: jax.Array, prefix_dim: int) -> jax.Array:
+  """The gradient w.r.t. `raw` [..., d] of a loss whose gradient w.r.t. its normalised prefix
+  is `grad` [..., prefix_dim]: (g - u (u . g)) / |a| on the prefix, zero beyond it."""
+  a = raw[..., :prefix_dim]
+  norm = jnp.maximum(jnp.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
+  u = a / norm
+  out = (grad - u * jnp.sum(u * grad, axis=-1, keepdims=True)) / norm
+  pad = [(0, 0)] * (raw.ndim - 1) + [(0, raw.shape[-1] - prefix_dim)]
+  return jnp.pad(out, pad)
+
+
 def _forward_kernel(inputs, log_temp, *, axes, num_shards: int, tile_size: int,
-                    terms: common.Terms):
+                    terms: common.Terms, prefix_dim: int | None = None):
   """Per shard: (loss sum, metric sums) psummed, and the local log negative mass of each
   direction ({direction: [n]})."""
+  inputs = _take_prefix(inputs, prefix_dim)
   tiling = _Tiling.of(inputs, tile_size)
   local, tile = tiling.local, tiling.tile
   scale = jnp.exp(log_temp)
@@ -394,7 +429,7 @@ def _loss_masses(masses: dict[str, jax.Array], terms: common.Terms) -> list[jax.
 
 
 def _backward_kernel(inputs, log_temp, masses, weight, *, axes, num_shards: int,
-                     tile_size: int, terms: common.Terms):
+                     tile_size: int, terms: common.Terms, prefix_dim: int | None = None):
   """Per shard: gradients of `weight * (sum of the row losses)` w.r.t. the local x, y, hard
   negatives and (psummed) log_temp.
 
@@ -404,6 +439,7 @@ def _backward_kernel(inputs, log_temp, masses, weight, *, axes, num_shards: int,
   exp(l - l_pos - softplus(z)), and w.r.t. the positive logit -sigmoid(z),
   which stays accurate where 1 - p_positive would round away.
   """
+  raw, inputs = inputs, _take_prefix(inputs, prefix_dim)
   x, y = inputs["x"], inputs["y"]
   tiling = _Tiling.of(inputs, tile_size)
   local, tile = tiling.local, tiling.tile
@@ -511,4 +547,6 @@ def _backward_kernel(inputs, log_temp, masses, weight, *, axes, num_shards: int,
   grads = dict(x=dx, y=dy)
   if "hard" in inputs:
     grads["hard"] = block["d_hard"].reshape(inputs["hard"].shape)
+  if prefix_dim is not None:
+    grads = {k: _prefix_vjp(raw[k], g, prefix_dim) for k, g in grads.items()}
   return grads, d_log_temp
