@@ -8,6 +8,7 @@ mark the partners; a random guide removes other candidates, not the partners.
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 
 from embed_jax import partitioning
@@ -31,9 +32,10 @@ def test_guide_masks_planted_false_negatives_and_a_random_guide_does_not(assert_
   random = (unit(rng.normal(size=(batch, 32))), unit(rng.normal(size=(batch, 32))))
   mesh = partitioning.create_mesh(data=8)
 
-  def loss(**kwargs):
+  @jax.jit
+  def loss(mask_duplicates, guide=None):
     return contrastive_loss(x, y, np.float32(np.log(20.0)), mesh=mesh, impl="ring", tile_size=2,
-                            guide_margin=0.1, **kwargs)
+                            guide_margin=0.1, guide=guide, mask_duplicates=mask_duplicates)
 
   guided, guided_metrics = loss(guide=knowing, mask_duplicates=ids)
   partners_masked, _ = loss(mask_duplicates=cluster.astype(np.int32))
