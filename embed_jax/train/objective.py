@@ -121,9 +121,9 @@ class ContrastiveObjective:
         distill_student_temperature=distill_student_temperature)
     self.loss_options = {k: _as_tuple(v) for k, v in options.items() if v is not None}
     check_options(dim=embedding_dim(module), where="ContrastiveObjective", **self.loss_options)
-    if guide is None and ("guide_margin" in self.loss_options
-                          or "guide_margin_kind" in self.loss_options):
-      raise ConfigError("ContrastiveObjective.guide_margin(_kind) is set but there is no guide "
+    # (guide_margin_kind may be set without a guide: it is also false_negative_margin's kind.)
+    if guide is None and "guide_margin" in self.loss_options:
+      raise ConfigError("ContrastiveObjective.guide_margin is set but there is no guide "
                         "model; set train.guide_model (or false_negative_margin to mask by the "
                         "model's own scores)")
     self.guide = guide
