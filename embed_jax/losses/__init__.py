@@ -4,6 +4,6 @@
 ("gather", the default; "ring", memory-lean; "reference", the dense oracle).
 """
 
-from embed_jax.losses.contrastive import IMPLS, contrastive_loss
+from embed_jax.losses.contrastive import IMPLS, check_options, contrastive_loss
 
-__all__ = ["IMPLS", "contrastive_loss"]
+__all__ = ["IMPLS", "check_options", "contrastive_loss"]

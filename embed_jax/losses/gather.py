@@ -26,27 +26,31 @@ def gather_loss(
     *,
     mesh: jax.sharding.Mesh | None,
     axes: common.BatchAxes,
+    terms: common.Terms = common.Terms(),
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Symmetric InfoNCE over the global batch, sharded over `axes` of `mesh`.
+  """The contrastive loss of `terms` over the global batch, sharded over `axes` of `mesh`.
 
   Args:
-    inputs: 'x', 'y' float32 [B, d]; optional 'hard' float32 [B, H, d] and 'ids' int [B].
+    inputs: 'x', 'y' float32 [B, d]; optional 'hard' float32 [B, H, d], 'valid'
+      bool [B, H] (which hard negatives are real), 'ids' int [B], and the guide's
+      'gx', 'gy' [B, dg] and 'gh' [B, H, dg].
     log_temp: float32 scalar, replicated.
     mesh, axes: the mesh and its batch axes; axes=() runs on one device.
+    terms: directions, partition and false-negative rules.
 
   Returns:
     (loss, metrics) as `embed_jax.losses.contrastive_loss` describes.
   """
   batch = inputs["x"].shape[0]
-  kernel = functools.partial(_local_sums, batch=batch, axes=axes)
+  kernel = functools.partial(_local_sums, batch=batch, axes=axes, terms=terms)
   in_specs = (jax.tree.map(lambda _: P(axes), inputs), P())
   sharded = common.shard_over_batch(kernel, mesh, axes, in_specs, (P(), P()))
   loss_sum, sums = sharded(inputs, log_temp)
-  return loss_sum / (2 * batch), common.finalize_metrics(sums, batch, log_temp)
+  return loss_sum / terms.normaliser(batch), common.finalize_metrics(sums, batch, log_temp)
 
 
-def _local_sums(inputs, log_temp, *, batch: int, axes: common.BatchAxes):
-  """Per shard: (psummed loss sum over 2B rows, psummed metric sums)."""
+def _local_sums(inputs, log_temp, *, batch: int, axes: common.BatchAxes, terms: common.Terms):
+  """Per shard: (psummed sum of the row losses, psummed metric sums)."""
   x, y = inputs["x"], inputs["y"]
   ids = inputs.get("ids")
   local = x.shape[0]
@@ -60,28 +64,64 @@ def _local_sums(inputs, log_temp, *, batch: int, axes: common.BatchAxes):
       rows, jnp.arange(batch), ids, None if ids is None else gather(ids))
   positive_cosine = jnp.sum(x * y, axis=-1)
   positive = scale * positive_cosine
+  gx, gy = inputs.get("gx"), inputs.get("gy")
+  guide_threshold = fn_threshold = None
+  if gx is not None:
+    guide_threshold = terms.threshold(jnp.sum(gx * gy, axis=-1), terms.guide_margin)
+  if terms.false_negative_margin is not None:
+    fn_threshold = terms.threshold(positive_cosine, terms.false_negative_margin)
+  counts = {"masked": [], "candidates": []}
 
+  def direction(name, rows_, cols, guide_rows, guide_cols, candidates):
+    """Shifted logits [local, c] of one direction (-inf = not a negative) and the cosines."""
+    cosine = rows_ @ cols.T
+    guide_scores = None if guide_cols is None else guide_rows @ guide_cols.T
+    removed = common.removed_by_rules(terms, cosine, guide_scores, fn_threshold, guide_threshold)
+    keep = candidates if removed is None else candidates & ~removed
+    if removed is not None and terms.uses(name):
+      counts["masked"].append(jnp.sum(candidates & removed, dtype=jnp.float32))
+      counts["candidates"].append(jnp.sum(jnp.broadcast_to(candidates, keep.shape),
+                                          dtype=jnp.float32))
+    return jnp.where(keep, scale * cosine - positive[:, None], -jnp.inf), cosine
+
+  x_all, y_all = gather(x), gather(y)
+  gx_all = None if gx is None else gather(gx)
+  gy_all = None if gy is None else gather(gy)
   # x -> y: local x rows against every y and every hard negative.
-  cosine_x_to_y = x @ gather(y).T
-  shifted = [jnp.where(is_negative, scale * cosine_x_to_y - positive[:, None], -jnp.inf)]
+  shifted_xy, cosine_xy = direction("x->y", x, y_all, gx, gy_all, is_negative)
   if "hard" in inputs:
     hard = gather(inputs["hard"]).reshape(-1, x.shape[1])
-    shifted.append(scale * (x @ hard.T) - positive[:, None])
-  shifted_x_to_y = jnp.concatenate(shifted, axis=1)
-  # y -> x: local y rows against every x; pair (j, i) is masked exactly as (i, j).
-  shifted_y_to_x = jnp.where(is_negative, scale * (y @ gather(x).T) - positive[:, None], -jnp.inf)
+    valid = (gather(inputs["valid"]).reshape(1, -1) if "valid" in inputs
+             else jnp.ones((1, hard.shape[0]), bool))
+    guide_hard = gather(inputs["gh"]).reshape(hard.shape[0], -1) if "gh" in inputs else None
+    shifted_hard, _ = direction("x->y", x, hard, gx, guide_hard, valid)
+    shifted_xy = jnp.concatenate([shifted_xy, shifted_hard], axis=1)
+  # y -> x: local y rows against every x; pair (j, i) is a candidate exactly as (i, j).
+  shifted = {"x->y": shifted_xy,
+             "y->x": direction("y->x", y, x_all, gy, gx_all, is_negative)[0]}
+  if terms.uses("x->x"):
+    shifted["x->x"] = direction("x->x", x, x_all, gx, gx_all, is_negative)[0]
+  if terms.uses("y->y"):
+    shifted["y->y"] = direction("y->y", y, y_all, gy, gy_all, is_negative)[0]
 
-  loss_sum = (jnp.sum(jax.nn.softplus(_log_negative_mass(shifted_x_to_y)))
-              + jnp.sum(jax.nn.softplus(_log_negative_mass(shifted_y_to_x))))
+  used = [shifted[d] for d in terms.directions]
+  if terms.partition == "joint":
+    loss_sum = jnp.sum(jax.nn.softplus(_log_negative_mass(jnp.concatenate(used, axis=1))))
+  else:
+    loss_sum = sum(jnp.sum(jax.nn.softplus(_log_negative_mass(s))) for s in used)
 
   no_grad = jax.lax.stop_gradient
   sums = common.MetricSums(
-      correct_x_to_y=jnp.sum(no_grad(jnp.max(shifted_x_to_y, axis=1)) < 0, dtype=jnp.float32),
-      correct_y_to_x=jnp.sum(no_grad(jnp.max(shifted_y_to_x, axis=1)) < 0, dtype=jnp.float32),
+      correct_x_to_y=jnp.sum(no_grad(jnp.max(shifted["x->y"], axis=1)) < 0, dtype=jnp.float32),
+      correct_y_to_x=jnp.sum(no_grad(jnp.max(shifted["y->x"], axis=1)) < 0, dtype=jnp.float32),
       positive_cosine=no_grad(jnp.sum(positive_cosine)),
-      negative_cosine=no_grad(jnp.sum(jnp.where(is_negative, cosine_x_to_y, 0.0))),
+      negative_cosine=no_grad(jnp.sum(jnp.where(is_negative, cosine_xy, 0.0))),
       negative_pairs=jnp.sum(is_negative, dtype=jnp.float32),
   )
+  if terms.masking:
+    zero = jnp.zeros((), jnp.float32)
+    sums["masked_pairs"] = sum(counts["masked"], zero)
+    sums["candidate_pairs"] = sum(counts["candidates"], zero)
   return common.psum((loss_sum, sums), axes)
 
 

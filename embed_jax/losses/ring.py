@@ -18,6 +18,12 @@ saves only the per-row z of both directions; the backward makes a second lap,
 recomputes each tile's probabilities from z, and lets each block's gradient
 accumulators (dy, d hard negatives) travel with it back home.
 
+The other terms ride along: "x->x" makes the block carry its x rows (and an
+accumulator for their gradient), "y->y" scores home y rows against the block's;
+a guide's embeddings (gx, gy, and those of the hard negatives) travel with the
+block they belong to, together with each column's guide and margin thresholds,
+so the guide's scores are recomputed tile by tile like the logits.
+
 Memory per shard: O(n x d x (1 + H)) for the blocks in flight and the
 accumulators, plus O(tile^2) for one tile of logits; never O(n x B) or O(n^2).
 Rows and columns are tiled without padding: the last tile is clamped to end at
@@ -46,36 +52,50 @@ def ring_loss(
     mesh: jax.sharding.Mesh | None,
     axes: common.BatchAxes,
     tile_size: int,
+    terms: common.Terms = common.Terms(),
+    prefix_dim: int | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Symmetric InfoNCE over the global batch by a ppermute ring over `axes` of `mesh`.
+  """The contrastive loss of `terms` over the global batch by a ppermute ring over `axes`.
 
   Args:
-    inputs: 'x', 'y' float32 [B, d]; optional 'hard' float32 [B, H, d] and 'ids' int [B].
+    inputs: 'x', 'y' float32 [B, d]; optional 'hard' float32 [B, H, d], 'valid'
+      bool [B, H], 'ids' int [B], guide 'gx', 'gy' [B, dg] and 'gh' [B, H, dg].
     log_temp: float32 scalar, replicated.
     mesh, axes: the mesh and its batch axes; axes=() runs the tiled loop on one device.
     tile_size: rows (and columns) of the largest logit tile held at a time.
+    terms: directions, partition and false-negative rules.
+    prefix_dim: score the first `prefix_dim` features of x, y and the hard
+      negatives, re-normalised (a Matryoshka prefix). The prefix is taken
+      inside each shard's kernels and its normalisation differentiated there,
+      so no prefix copy outlives a kernel and the residuals are the inputs.
 
   Returns:
     (loss, metrics) as `embed_jax.losses.contrastive_loss` describes.
   """
-  return _ring_loss_fn(mesh, axes, tile_size)(inputs, log_temp)
+  return _ring_loss_fn(mesh, axes, tile_size, terms, prefix_dim)(inputs, log_temp)
+
+
+# Inputs that get no gradient: ids and validity (integers / booleans) and the guide's
+# embeddings (a frozen model's; their cotangent is zero).
+_NO_GRAD_KEYS = ("ids", "valid", "gx", "gy", "gh")
 
 
 @functools.lru_cache(maxsize=None)
-def _ring_loss_fn(mesh, axes: common.BatchAxes, tile_size: int):
-  """The custom-VJP loss for one (mesh, axes, tile) configuration."""
+def _ring_loss_fn(mesh, axes: common.BatchAxes, tile_size: int, terms: common.Terms,
+                  prefix_dim: int | None):
+  """The custom-VJP loss for one (mesh, axes, tile, terms, prefix) configuration."""
   num_shards = math.prod(mesh.shape[a] for a in axes) if axes else 1
-  config = dict(axes=axes, num_shards=num_shards, tile_size=tile_size)
+  config = dict(axes=axes, num_shards=num_shards, tile_size=tile_size, terms=terms,
+                prefix_dim=prefix_dim)
 
   def run_forward(inputs, log_temp):
     specs = jax.tree.map(lambda _: P(axes), inputs)
     kernel = functools.partial(_forward_kernel, **config)
-    sharded = common.shard_over_batch(
-        kernel, mesh, axes, (specs, P()), (P(), P(), P(axes), P(axes)))
-    loss_sum, sums, row_mass, col_mass = sharded(inputs, log_temp)
+    sharded = common.shard_over_batch(kernel, mesh, axes, (specs, P()), (P(), P(), P(axes)))
+    loss_sum, sums, masses = sharded(inputs, log_temp)
     batch = inputs["x"].shape[0]
     metrics = common.finalize_metrics(sums, batch, log_temp)
-    return loss_sum / (2 * batch), metrics, (row_mass, col_mass)
+    return loss_sum / terms.normaliser(batch), metrics, masses
 
   @jax.custom_vjp
   def loss_fn(inputs, log_temp):
@@ -87,18 +107,19 @@ def _ring_loss_fn(mesh, axes: common.BatchAxes, tile_size: int):
     return (loss, metrics), (inputs, log_temp, masses)
 
   def loss_bwd(residuals, cotangents):
-    inputs, log_temp, (row_mass, col_mass) = residuals
+    inputs, log_temp, masses = residuals
     loss_cotangent = cotangents[0]  # metrics carry no gradient
     batch = inputs["x"].shape[0]
-    weight = loss_cotangent / (2 * batch)
+    weight = loss_cotangent / terms.normaliser(batch)
     specs = jax.tree.map(lambda _: P(axes), inputs)
-    grad_specs = {k: v for k, v in specs.items() if k != "ids"}
+    grad_specs = {k: v for k, v in specs.items() if k in ("x", "y", "hard")}
     kernel = functools.partial(_backward_kernel, **config)
     sharded = common.shard_over_batch(
-        kernel, mesh, axes, (specs, P(), P(axes), P(axes), P()), (grad_specs, P()))
-    grads, d_log_temp = sharded(inputs, log_temp, row_mass, col_mass, weight)
-    if "ids" in inputs:
-      grads["ids"] = None
+        kernel, mesh, axes, (specs, P(), P(axes), P()), (grad_specs, P()))
+    grads, d_log_temp = sharded(inputs, log_temp, masses, weight)
+    for key in _NO_GRAD_KEYS:
+      if key in inputs:
+        grads[key] = None if key in ("ids", "valid") else jnp.zeros_like(inputs[key])
     return grads, d_log_temp
 
   loss_fn.defvjp(loss_fwd, loss_bwd)
@@ -183,167 +204,349 @@ def _ring_lap(row_tile, carry, *, tiling: _Tiling, axes, num_shards: int):
   return jax.lax.fori_loop(0, num_shards, step, carry)
 
 
-def _forward_kernel(inputs, log_temp, *, axes, num_shards: int, tile_size: int):
-  """Per shard: (loss sum, metric sums) psummed, and local row/column log negative masses."""
-  x, y, ids = inputs["x"], inputs["y"], inputs.get("ids")
+# Per-pair arrays of length n: they are sliced by row tiles at home and by column
+# tiles in a visiting block; hard-negative arrays (length n*H) by hard tiles.
+_PAIR_KEYS = ("x", "y", "gx", "gy", "positive", "guide_threshold", "fn_threshold", "ids",
+              "col_peak", "col_total", "col_offset", "dx", "dy")
+_HARD_KEYS = ("hard", "valid", "gh", "d_hard")
+
+
+def _slices(arrays: dict, keys, start, size: int) -> dict:
+  return {k: _slice(arrays[k], start, size) for k in keys if k in arrays}
+
+
+def _home(inputs, scale, terms: common.Terms, row_index) -> tuple[dict[str, jax.Array], jax.Array]:
+  """The shard's own pairs (embeddings, positive logits [n], the rules' thresholds), and the
+  positive cosines [n]."""
+  x, y = inputs["x"], inputs["y"]
+  positive_cosine = jnp.sum(x * y, axis=-1)
+  home = dict(x=x, y=y, positive=scale * positive_cosine, rows=row_index)
+  for key in ("gx", "gy", "ids"):
+    if key in inputs:
+      home[key] = inputs[key]
+  if "gx" in inputs:
+    home["guide_threshold"] = terms.threshold(
+        jnp.sum(inputs["gx"] * inputs["gy"], axis=-1), terms.guide_margin)
+  if terms.false_negative_margin is not None:
+    home["fn_threshold"] = terms.threshold(positive_cosine, terms.false_negative_margin)
+  return home, positive_cosine
+
+
+def _block(inputs, home, tiling: _Tiling, terms: common.Terms, axes) -> dict[str, jax.Array]:
+  """What travels the ring: the columns' side of every term."""
+  block = {k: home[k] for k in ("y", "positive", "ids", "gy", "guide_threshold", "fn_threshold")
+           if k in home}
+  if terms.uses("x->x"):
+    block.update({k: home[k] for k in ("x", "gx") if k in home})
+  dim = inputs["x"].shape[1]
+  if "hard" in inputs:
+    block["hard"] = inputs["hard"].reshape(tiling.hard_count, dim)
+    block["valid"] = (inputs["valid"].reshape(-1) if "valid" in inputs
+                      else common.varying(jnp.ones((tiling.hard_count,), bool), axes))
+    if "gh" in inputs:
+      block["gh"] = inputs["gh"].reshape(tiling.hard_count, -1)
+  return block
+
+
+def _pair_tiles(terms: common.Terms, scale, home_r, block_c, is_negative):
+  """The in-batch logits of a (row tile, column tile): {direction: (logits, keep, removed)}.
+
+  "y->x" shares the x->y logits (x_r . y_c) with the thresholds of the
+  columns; "x->x" and "y->y" score home rows against the block's x / y.
+  """
+  guided = "gy" in block_c
+
+  def one(rows, cols, guide_rows, guide_cols, axis):
+    cosine = rows @ cols.T
+    guide_scores = guide_rows @ guide_cols.T if guided else None
+    thresholds = home_r if axis == 1 else block_c
+    removed = common.removed_by_rules(terms, cosine, guide_scores, thresholds.get("fn_threshold"),
+                                      thresholds.get("guide_threshold"), axis=axis)
+    keep = is_negative if removed is None else is_negative & ~removed
+    return scale * cosine, keep, removed, cosine
+
+  tiles = {}
+  guide_x, guide_y = home_r.get("gx"), block_c.get("gy")
+  tiles["x->y"] = one(home_r["x"], block_c["y"], guide_x, guide_y, 1)
+  logits, _, _, cosine = tiles["x->y"]
+  guide_scores = guide_x @ guide_y.T if guided else None
+  removed = common.removed_by_rules(terms, cosine, guide_scores, block_c.get("fn_threshold"),
+                                    block_c.get("guide_threshold"), axis=0)
+  tiles["y->x"] = (logits, is_negative if removed is None else is_negative & ~removed, removed,
+                   cosine)
+  if terms.uses("x->x"):
+    tiles["x->x"] = one(home_r["x"], block_c["x"], guide_x, block_c.get("gx"), 1)
+  if terms.uses("y->y"):
+    tiles["y->y"] = one(home_r["y"], block_c["y"], home_r.get("gy"), guide_y, 1)
+  return tiles
+
+
+def _hard_tile(terms: common.Terms, scale, home_r, block_h, valid):
+  """x_r against a tile of hard negatives: (logits, keep, removed)."""
+  cosine = home_r["x"] @ block_h["hard"].T
+  guide_scores = home_r["gx"] @ block_h["gh"].T if "gh" in block_h else None
+  removed = common.removed_by_rules(terms, cosine, guide_scores, home_r.get("fn_threshold"),
+                                    home_r.get("guide_threshold"))
+  return scale * cosine, valid if removed is None else valid & ~removed, removed
+
+
+def _count(sums, terms, name, candidates, removed):
+  """Adds a tile's guided-masking counts (directions the loss uses only)."""
+  if removed is None or not terms.uses(name):
+    return sums
+  return dict(sums, masked=sums["masked"] + jnp.sum(candidates & removed, dtype=jnp.float32),
+              candidates=sums["candidates"] + jnp.sum(candidates, dtype=jnp.float32))
+
+
+def _row_directions(terms: common.Terms) -> tuple[str, ...]:
+  """The directions whose statistics stay at home (x->y is always kept, for the metrics)."""
+  return ("x->y",) + tuple(d for d in ("x->x", "y->y") if terms.uses(d))
+
+
+_PREFIXED = ("x", "y", "hard")
+
+
+def _normalised_prefix(a: jax.Array, dim: int) -> jax.Array:
+  a = a[..., :dim]
+  return a / jnp.maximum(jnp.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
+
+
+def _take_prefix(inputs, prefix_dim):
+  """inputs with x, y, hard cut to their normalised first `prefix_dim` features (None: as is)."""
+  if prefix_dim is None:
+    return inputs
+  return dict(inputs, **{k: _normalised_prefix(inputs[k], prefix_dim)
+                         for k in _PREFIXED if k in inputs})
+
+
+def _prefix_vjp(raw: jax.Array, grad: jax.Array, prefix_dim: int) -> jax.Array:
+  """The gradient w.r.t. `raw` [..., d] of a loss whose gradient w.r.t. its normalised prefix
+  is `grad` [..., prefix_dim]: (g - u (u . g)) / |a| on the prefix, zero beyond it."""
+  a = raw[..., :prefix_dim]
+  norm = jnp.maximum(jnp.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
+  u = a / norm
+  out = (grad - u * jnp.sum(u * grad, axis=-1, keepdims=True)) / norm
+  pad = [(0, 0)] * (raw.ndim - 1) + [(0, raw.shape[-1] - prefix_dim)]
+  return jnp.pad(out, pad)
+
+
+def _forward_kernel(inputs, log_temp, *, axes, num_shards: int, tile_size: int,
+                    terms: common.Terms, prefix_dim: int | None = None):
+  """Per shard: (loss sum, metric sums) psummed, and the local log negative mass of each
+  direction ({direction: [n]})."""
+  inputs = _take_prefix(inputs, prefix_dim)
   tiling = _Tiling.of(inputs, tile_size)
   local, tile = tiling.local, tiling.tile
   scale = jnp.exp(log_temp)
-  shard = common.shard_index(axes)
-  positive_cosine = jnp.sum(x * y, axis=-1)
-  positive = scale * positive_cosine
-  row_index = shard * local + jnp.arange(local)
+  row_index = common.shard_index(axes) * local + jnp.arange(local)
+  home, positive_cosine = _home(inputs, scale, terms, row_index)
+  row_dirs = _row_directions(terms)
 
   empty = common.varying(dict(
       peak=jnp.full((local,), _NEG_INF), total=jnp.zeros((local,)), scalar=jnp.zeros(())), axes)
-  block = dict(y=y, positive=positive, col_peak=empty["peak"], col_total=empty["total"])
-  if "hard" in inputs:
-    block["hard"] = inputs["hard"].reshape(tiling.hard_count, x.shape[1])
-  if ids is not None:
-    block["ids"] = ids
-  carry = dict(block=block, row_peak=empty["peak"], row_total=empty["total"],
-               negative_cosine=empty["scalar"], negative_pairs=empty["scalar"])
+  block = dict(_block(inputs, home, tiling, terms, axes), col_peak=empty["peak"],
+               col_total=empty["total"])
+  sums = {k: empty["scalar"] for k in ("negative_cosine", "negative_pairs", "masked", "candidates")}
+  carry = dict(block=block, peak={d: empty["peak"] for d in row_dirs},
+               total={d: empty["total"] for d in row_dirs}, sums=sums)
 
   def row_tile(r, col_index, carry):
     r_start, r_fresh = _tile(r, tile, local)
-    x_r, pos_r = _slice(x, r_start, tile), _slice(positive, r_start, tile)
-    rows_r = _slice(row_index, r_start, tile)
-    ids_r = None if ids is None else _slice(ids, r_start, tile)
+    home_r = _slices(home, _PAIR_KEYS + ("rows",), r_start, tile)
+    pos_r = home_r["positive"]
 
     def col_tile(c, state):
-      block, row_stats, neg_cos, neg_pairs = state
+      block, stats, sums = state
       c_start, c_fresh = _tile(c, tile, local)
-      y_c, pos_c = _slice(block["y"], c_start, tile), _slice(block["positive"], c_start, tile)
-      ids_c = None if ids is None else _slice(block["ids"], c_start, tile)
-      is_negative = _tile_negatives(
-          rows_r, _slice(col_index, c_start, tile), ids_r, ids_c, r_fresh, c_fresh)
-      cosine = x_r @ y_c.T
-      logits = scale * cosine
-      row_stats = _merge_online(
-          *row_stats, jnp.where(is_negative, logits - pos_r[:, None], _NEG_INF), axis=1)
+      block_c = _slices(block, _PAIR_KEYS, c_start, tile)
+      is_negative = _tile_negatives(home_r["rows"], _slice(col_index, c_start, tile),
+                                    home_r.get("ids"), block_c.get("ids"), r_fresh, c_fresh)
+      tiles = _pair_tiles(terms, scale, home_r, block_c, is_negative)
+      stats = dict(stats)
+      for d in row_dirs:
+        logits, keep = tiles[d][:2]
+        stats[d] = _merge_online(*stats[d], jnp.where(keep, logits - pos_r[:, None], _NEG_INF),
+                                 axis=1)
+      logits, keep, _, cosine = tiles["y->x"]
       col_peak, col_total = _merge_online(
-          _slice(block["col_peak"], c_start, tile), _slice(block["col_total"], c_start, tile),
-          jnp.where(is_negative, logits - pos_c[None, :], _NEG_INF), axis=0)
+          block_c["col_peak"], block_c["col_total"],
+          jnp.where(keep, logits - block_c["positive"][None, :], _NEG_INF), axis=0)
       block = dict(block, col_peak=_update(block["col_peak"], col_peak, c_start),
                    col_total=_update(block["col_total"], col_total, c_start))
-      neg_cos = neg_cos + jnp.sum(jnp.where(is_negative, cosine, 0.0))
-      neg_pairs = neg_pairs + jnp.sum(is_negative, dtype=jnp.float32)
-      return block, row_stats, neg_cos, neg_pairs
+      sums = dict(sums, negative_cosine=sums["negative_cosine"]
+                  + jnp.sum(jnp.where(is_negative, cosine, 0.0)),
+                  negative_pairs=sums["negative_pairs"] + jnp.sum(is_negative, dtype=jnp.float32))
+      for d in terms.directions:
+        sums = _count(sums, terms, d, is_negative, tiles[d][2])
+      return block, stats, sums
 
-    def hard_tile(h, row_stats):
+    def hard_tile(h, state):
+      stats, sums = state
       h_start, h_fresh = _tile(h, tiling.hard_tile, tiling.hard_count)
-      logits = scale * (x_r @ _slice(carry["block"]["hard"], h_start, tiling.hard_tile).T)
-      valid = r_fresh[:, None] & h_fresh[None, :]
-      return _merge_online(*row_stats, jnp.where(valid, logits - pos_r[:, None], _NEG_INF), axis=1)
+      block_h = _slices(carry["block"], _HARD_KEYS, h_start, tiling.hard_tile)
+      valid = r_fresh[:, None] & (h_fresh & block_h["valid"])[None, :]
+      logits, keep, removed = _hard_tile(terms, scale, home_r, block_h, valid)
+      stats = dict(stats, **{"x->y": _merge_online(
+          *stats["x->y"], jnp.where(keep, logits - pos_r[:, None], _NEG_INF), axis=1)})
+      return stats, _count(sums, terms, "x->y", valid, removed)
 
-    row_stats = (_slice(carry["row_peak"], r_start, tile), _slice(carry["row_total"], r_start, tile))
-    block, row_stats, neg_cos, neg_pairs = jax.lax.fori_loop(
-        0, tiling.num_tiles, col_tile,
-        (carry["block"], row_stats, carry["negative_cosine"], carry["negative_pairs"]))
+    stats = {d: (_slice(carry["peak"][d], r_start, tile), _slice(carry["total"][d], r_start, tile))
+             for d in row_dirs}
+    block, stats, sums = jax.lax.fori_loop(
+        0, tiling.num_tiles, col_tile, (carry["block"], stats, carry["sums"]))
     if tiling.num_hard_tiles:
-      row_stats = jax.lax.fori_loop(0, tiling.num_hard_tiles, hard_tile, row_stats)
+      stats, sums = jax.lax.fori_loop(0, tiling.num_hard_tiles, hard_tile, (stats, sums))
     # Rows the clamped last tile shares with the previous one saw only -inf: unchanged.
-    return dict(block=block, negative_cosine=neg_cos, negative_pairs=neg_pairs,
-                row_peak=_update(carry["row_peak"], row_stats[0], r_start),
-                row_total=_update(carry["row_total"], row_stats[1], r_start))
+    return dict(block=block, sums=sums,
+                peak={d: _update(carry["peak"][d], stats[d][0], r_start) for d in row_dirs},
+                total={d: _update(carry["total"][d], stats[d][1], r_start) for d in row_dirs})
 
   carry = _ring_lap(row_tile, carry, tiling=tiling, axes=axes, num_shards=num_shards)
-  block = carry["block"]
-  row_mass = carry["row_peak"] + jnp.log(carry["row_total"])
-  col_mass = block["col_peak"] + jnp.log(block["col_total"])
-  loss_sum = jnp.sum(jax.nn.softplus(row_mass)) + jnp.sum(jax.nn.softplus(col_mass))
-  sums = common.MetricSums(
+  block, sums = carry["block"], carry["sums"]
+  masses = {d: carry["peak"][d] + jnp.log(carry["total"][d]) for d in row_dirs}
+  masses["y->x"] = block["col_peak"] + jnp.log(block["col_total"])
+  loss_sum = sum(jnp.sum(jax.nn.softplus(z)) for z in _loss_masses(masses, terms))
+  metric_sums = common.MetricSums(
       # The positive beats every negative iff the best shifted negative logit is < 0.
-      correct_x_to_y=jnp.sum(carry["row_peak"] < 0, dtype=jnp.float32),
+      correct_x_to_y=jnp.sum(carry["peak"]["x->y"] < 0, dtype=jnp.float32),
       correct_y_to_x=jnp.sum(block["col_peak"] < 0, dtype=jnp.float32),
       positive_cosine=jnp.sum(positive_cosine),
-      negative_cosine=carry["negative_cosine"],
-      negative_pairs=carry["negative_pairs"],
+      negative_cosine=sums["negative_cosine"],
+      negative_pairs=sums["negative_pairs"],
   )
-  loss_sum, sums = common.psum((loss_sum, sums), axes)
-  return loss_sum, sums, row_mass, col_mass
+  if terms.masking:
+    metric_sums.update(masked_pairs=sums["masked"], candidate_pairs=sums["candidates"])
+  loss_sum, metric_sums = common.psum((loss_sum, metric_sums), axes)
+  return loss_sum, metric_sums, masses
 
 
-def _backward_kernel(inputs, log_temp, row_mass, col_mass, weight, *, axes, num_shards: int,
-                     tile_size: int):
-  """Per shard: gradients of `weight * (sum of the 2B row losses)` w.r.t. the local inputs
-  and (psummed) log_temp.
+def _loss_masses(masses: dict[str, jax.Array], terms: common.Terms) -> list[jax.Array]:
+  """The z of each row loss softplus(z): one per direction, or their log-sum (joint)."""
+  used = [masses[d] for d in terms.directions]
+  if terms.partition == "joint":
+    return [functools.reduce(jnp.logaddexp, used)]
+  return used
 
-  With l the logits and z the log negative masses saved by the forward, the
-  derivative of the row losses w.r.t. a negative logit l_ij is
-    exp(l_ij - l_ii - softplus(z_row_i)) + exp(l_ij - l_jj - softplus(z_col_j)),
-  and w.r.t. a positive logit l_ii it is -(sigmoid(z_row_i) + sigmoid(z_col_i)),
+
+def _backward_kernel(inputs, log_temp, masses, weight, *, axes, num_shards: int,
+                     tile_size: int, terms: common.Terms, prefix_dim: int | None = None):
+  """Per shard: gradients of `weight * (sum of the row losses)` w.r.t. the local x, y, hard
+  negatives and (psummed) log_temp.
+
+  A row loss is softplus(z), z = log sum_neg exp(l_neg - l_pos) over its
+  candidates (one direction's, or every direction's when joint), with z
+  saved by the forward. Its derivative w.r.t. a candidate logit l is
+  exp(l - l_pos - softplus(z)), and w.r.t. the positive logit -sigmoid(z),
   which stays accurate where 1 - p_positive would round away.
   """
-  x, y, ids = inputs["x"], inputs["y"], inputs.get("ids")
+  raw, inputs = inputs, _take_prefix(inputs, prefix_dim)
+  x, y = inputs["x"], inputs["y"]
   tiling = _Tiling.of(inputs, tile_size)
   local, tile = tiling.local, tiling.tile
   scale = jnp.exp(log_temp)
-  shard = common.shard_index(axes)
-  positive = scale * jnp.sum(x * y, axis=-1)
-  row_index = shard * local + jnp.arange(local)
-  # A negative's probability is exp(logit - offset), offset = positive + softplus(z).
-  row_offset = positive + jax.nn.softplus(row_mass)
+  row_index = common.shard_index(axes) * local + jnp.arange(local)
+  home, _ = _home(inputs, scale, terms, row_index)
+  positive = home["positive"]
+  # A candidate's gradient is weight * exp(logit - offset), offset = positive + softplus(z).
+  if terms.partition == "joint":
+    joint = _loss_masses(masses, terms)[0]
+    offsets = {d: positive + jax.nn.softplus(joint) for d in common.DIRECTIONS}
+    d_positive = -weight * jax.nn.sigmoid(joint)
+  else:
+    offsets = {d: positive + jax.nn.softplus(masses[d]) for d in terms.directions}
+    d_positive = -weight * sum(jax.nn.sigmoid(masses[d]) for d in terms.directions)
+  for d in terms.directions:
+    if d != "y->x":
+      home[f"offset {d}"] = offsets[d]
 
   zeros = common.varying(dict(
       x=jnp.zeros(x.shape), y=jnp.zeros(y.shape), hard=jnp.zeros((tiling.hard_count, x.shape[1])),
       scalar=jnp.zeros(())), axes)
-  block = dict(y=y, col_offset=positive + jax.nn.softplus(col_mass), dy=zeros["y"])
+  block = dict(_block(inputs, home, tiling, terms, axes), dy=zeros["y"])
+  if terms.uses("y->x"):
+    block["col_offset"] = offsets["y->x"]
+  if terms.uses("x->x"):
+    block["dx"] = zeros["x"]
   if "hard" in inputs:
-    block.update(hard=inputs["hard"].reshape(tiling.hard_count, x.shape[1]), d_hard=zeros["hard"])
-  if ids is not None:
-    block["ids"] = ids
+    block["d_hard"] = zeros["hard"]
   carry = dict(block=block, dx=zeros["x"], d_log_temp=zeros["scalar"])
+  if terms.uses("y->y"):
+    carry["dy"] = zeros["y"]
+  offset_keys = tuple(k for k in home if k.startswith("offset "))
+
+  def grad_of(logits, keep, offset):
+    return weight * jnp.exp(jnp.where(keep, logits, _NEG_INF) - offset)
 
   def row_tile(r, col_index, carry):
     r_start, r_fresh = _tile(r, tile, local)
-    x_r, offset_r = _slice(x, r_start, tile), _slice(row_offset, r_start, tile)
-    rows_r = _slice(row_index, r_start, tile)
-    ids_r = None if ids is None else _slice(ids, r_start, tile)
+    home_r = _slices(home, _PAIR_KEYS + ("rows",) + offset_keys, r_start, tile)
+    accumulators = {k: _slice(carry[k], r_start, tile) for k in ("dx", "dy") if k in carry}
 
     def col_tile(c, state):
-      block, dx_r, d_log_temp = state
+      block, acc, d_log_temp = state
       c_start, c_fresh = _tile(c, tile, local)
-      y_c, offset_c = _slice(block["y"], c_start, tile), _slice(block["col_offset"], c_start, tile)
-      ids_c = None if ids is None else _slice(block["ids"], c_start, tile)
-      is_negative = _tile_negatives(
-          rows_r, _slice(col_index, c_start, tile), ids_r, ids_c, r_fresh, c_fresh)
-      logits = scale * (x_r @ y_c.T)
-      masked = jnp.where(is_negative, logits, _NEG_INF)
-      d_logits = weight * (jnp.exp(masked - offset_r[:, None]) + jnp.exp(masked - offset_c[None, :]))
-      dy_c = _slice(block["dy"], c_start, tile) + scale * (d_logits.T @ x_r)
-      block = dict(block, dy=_update(block["dy"], dy_c, c_start))
-      return (block, dx_r + scale * (d_logits @ y_c),
-              d_log_temp + jnp.sum(jnp.where(is_negative, d_logits * logits, 0.0)))
+      block_c = _slices(block, _PAIR_KEYS, c_start, tile)
+      is_negative = _tile_negatives(home_r["rows"], _slice(col_index, c_start, tile),
+                                    home_r.get("ids"), block_c.get("ids"), r_fresh, c_fresh)
+      tiles = _pair_tiles(terms, scale, home_r, block_c, is_negative)
+      acc = dict(acc)
+
+      def add(block, key, value):
+        """Adds value [tile, d] to the block's accumulator rows of this column tile."""
+        return dict(block, **{key: _update(block[key], _slice(block[key], c_start, tile) + value,
+                                           c_start)})
+      d_xy = None
+      if terms.uses("x->y"):
+        d_xy = grad_of(tiles["x->y"][0], tiles["x->y"][1], home_r["offset x->y"][:, None])
+      if terms.uses("y->x"):
+        d_yx = grad_of(tiles["y->x"][0], tiles["y->x"][1], block_c["col_offset"][None, :])
+        d_xy = d_yx if d_xy is None else d_xy + d_yx
+      if d_xy is not None:
+        acc["dx"] = acc["dx"] + scale * (d_xy @ block_c["y"])
+        block = add(block, "dy", scale * (d_xy.T @ home_r["x"]))
+        d_log_temp = d_log_temp + jnp.sum(d_xy * tiles["x->y"][0])
+      if terms.uses("x->x"):
+        d = grad_of(tiles["x->x"][0], tiles["x->x"][1], home_r["offset x->x"][:, None])
+        acc["dx"] = acc["dx"] + scale * (d @ block_c["x"])
+        block = add(block, "dx", scale * (d.T @ home_r["x"]))
+        d_log_temp = d_log_temp + jnp.sum(d * tiles["x->x"][0])
+      if terms.uses("y->y"):
+        d = grad_of(tiles["y->y"][0], tiles["y->y"][1], home_r["offset y->y"][:, None])
+        acc["dy"] = acc["dy"] + scale * (d @ block_c["y"])
+        block = add(block, "dy", scale * (d.T @ home_r["y"]))
+        d_log_temp = d_log_temp + jnp.sum(d * tiles["y->y"][0])
+      return block, acc, d_log_temp
 
     def hard_tile(h, state):
-      block, dx_r, d_log_temp = state
+      block, acc, d_log_temp = state
       h_start, h_fresh = _tile(h, tiling.hard_tile, tiling.hard_count)
-      hard_h = _slice(block["hard"], h_start, tiling.hard_tile)
-      logits = scale * (x_r @ hard_h.T)
-      valid = r_fresh[:, None] & h_fresh[None, :]
-      d_logits = weight * jnp.exp(jnp.where(valid, logits, _NEG_INF) - offset_r[:, None])
-      d_hard_h = _slice(block["d_hard"], h_start, tiling.hard_tile) + scale * (d_logits.T @ x_r)
-      block = dict(block, d_hard=_update(block["d_hard"], d_hard_h, h_start))
-      return (block, dx_r + scale * (d_logits @ hard_h),
-              d_log_temp + jnp.sum(jnp.where(valid, d_logits * logits, 0.0)))
+      block_h = _slices(block, _HARD_KEYS, h_start, tiling.hard_tile)
+      valid = r_fresh[:, None] & (h_fresh & block_h["valid"])[None, :]
+      logits, keep, _ = _hard_tile(terms, scale, home_r, block_h, valid)
+      d = grad_of(logits, keep, home_r["offset x->y"][:, None])
+      d_hard = block_h["d_hard"] + scale * (d.T @ home_r["x"])
+      block = dict(block, d_hard=_update(block["d_hard"], d_hard, h_start))
+      return (block, dict(acc, dx=acc["dx"] + scale * (d @ block_h["hard"])),
+              d_log_temp + jnp.sum(d * logits))
 
-    state = (carry["block"], _slice(carry["dx"], r_start, tile), carry["d_log_temp"])
+    state = (carry["block"], accumulators, carry["d_log_temp"])
     state = jax.lax.fori_loop(0, tiling.num_tiles, col_tile, state)
-    if tiling.num_hard_tiles:
+    if tiling.num_hard_tiles and terms.uses("x->y"):
       state = jax.lax.fori_loop(0, tiling.num_hard_tiles, hard_tile, state)
-    block, dx_r, d_log_temp = state
+    block, acc, d_log_temp = state
     # Rows the clamped last tile shares with the previous one got zero updates.
-    return dict(block=block, dx=_update(carry["dx"], dx_r, r_start), d_log_temp=d_log_temp)
+    return dict(carry, block=block, d_log_temp=d_log_temp,
+                **{k: _update(carry[k], v, r_start) for k, v in acc.items()})
 
   carry = _ring_lap(row_tile, carry, tiling=tiling, axes=axes, num_shards=num_shards)
   block = carry["block"]
   # The positive pairs, all local.
-  d_positive = -weight * (jax.nn.sigmoid(row_mass) + jax.nn.sigmoid(col_mass))
-  dx = carry["dx"] + scale * d_positive[:, None] * y
-  dy = block["dy"] + scale * d_positive[:, None] * x
+  dx = carry["dx"] + block.get("dx", 0.0) + scale * d_positive[:, None] * y
+  dy = carry.get("dy", 0.0) + block["dy"] + scale * d_positive[:, None] * x
   d_log_temp = common.psum(carry["d_log_temp"] + jnp.sum(d_positive * positive), axes)
   grads = dict(x=dx, y=dy)
   if "hard" in inputs:
     grads["hard"] = block["d_hard"].reshape(inputs["hard"].shape)
+  if prefix_dim is not None:
+    grads = {k: _prefix_vjp(raw[k], g, prefix_dim) for k, g in grads.items()}
   return grads, d_log_temp

@@ -38,7 +38,8 @@ from jax.sharding import Mesh
 
 from embed_jax import partitioning
 from embed_jax.data import packed_batches
-from embed_jax.losses import contrastive_loss
+from embed_jax.errors import ConfigError
+from embed_jax.losses import check_options, contrastive_loss
 from embed_jax.models.dual_encoder import DualEncoder
 
 Batch = Mapping[str, jax.Array]
@@ -46,8 +47,6 @@ SIDE_KEYS = {"x": 0, "y": 1, "neg": 2}
 ENCODER_INPUT_SUFFIXES = ("_tokens", "_mask", "_segment_ids", "_text_of_token", "_pool_index",
                           "_prompt_length")
 GUIDE_KEYS = {"x": "guide_x", "y": "guide_y", "neg": "guide_neg"}
-import inspect  # TEMPORARY until the losses branch lands.
-_ACCEPTS_NEGATIVE_MASK = "hard_negative_mask" in inspect.signature(contrastive_loss).parameters
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +120,12 @@ class ContrastiveObjective:
         distill=distill, distill_weight=distill_weight, distill_temperature=distill_temperature,
         distill_student_temperature=distill_student_temperature)
     self.loss_options = {k: _as_tuple(v) for k, v in options.items() if v is not None}
+    check_options(dim=embedding_dim(module), where="ContrastiveObjective", **self.loss_options)
+    # (guide_margin_kind may be set without a guide: it is also false_negative_margin's kind.)
+    if guide is None and "guide_margin" in self.loss_options:
+      raise ConfigError("ContrastiveObjective.guide_margin is set but there is no guide "
+                        "model; set train.guide_model (or false_negative_margin to mask by the "
+                        "model's own scores)")
     self.guide = guide
     self.params_view = params_view
     self.num_shards = partitioning.batch_size_multiple(mesh, rules) if mesh is not None else 1
@@ -195,7 +200,7 @@ class ContrastiveObjective:
     """The loss over the whole global batch: `contrastive_loss` of the embeddings and targets."""
     options = dict(self.loss_options)
     negatives = outputs.get("neg")
-    if negatives is not None and _ACCEPTS_NEGATIVE_MASK:
+    if negatives is not None:
       valid = hard_negative_mask(batch)
       if valid is not None:
         options["hard_negative_mask"] = valid
@@ -204,7 +209,10 @@ class ContrastiveObjective:
       if negatives is not None and "guide_neg" in outputs:
         guide += (outputs["guide_neg"],)
       options["guide"] = guide
-    if "teacher_scores" in batch:
+    if "distill" in options:
+      if "teacher_scores" not in batch:
+        raise ConfigError(f"ContrastiveObjective.distill={options['distill']!r} needs a "
+                          "'teacher_scores' field [B, 1+H] in the batch (the data has none)")
       options["teacher_scores"] = batch["teacher_scores"]
     ids = batch.get("y_ids") if self.mask_duplicates else None
     return contrastive_loss(
@@ -220,6 +228,15 @@ class ContrastiveObjective:
                                   deterministic=True)
     outputs = {**embeddings, **self.guide_embed(frozen, part)}
     return self.loss(outputs, self.log_temp(params, frozen), batch)
+
+
+def embedding_dim(module: DualEncoder) -> int:
+  """The size of the dual encoder's embeddings (its projection's, else the encoder's width)."""
+  config = module.config
+  if config.projection_dim is not None:
+    return int(config.projection_dim)
+  encoder = config.encoder
+  return int(getattr(encoder, "d_model", None) or getattr(encoder, "hidden_size"))
 
 
 def _as_tuple(value):
