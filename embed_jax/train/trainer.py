@@ -357,7 +357,8 @@ def train(
       origin = f"resumed from {checkpointer.directory}/{start}"
     else:
       if model.init_from:
-        params = model_dir_lib.load_params(model.init_from, module, mesh, rules)
+        params = model_dir_lib.load_params(model.init_from, module, mesh, rules,
+                                           new_params_rng=jax.random.key(seed))
         origin = f"initialised from {model.init_from}"
       else:
         params = init_params(module, jax.random.key(seed), mesh, rules)
