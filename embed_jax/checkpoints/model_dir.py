@@ -1,7 +1,8 @@
 """A model directory: everything needed to embed with, or train from, one model.
 
     DIR/
-      model.json        the DualEncoderConfig and the text encoder (read by `load_model`)
+      model.json        the DualEncoderConfig and the text encoder, with each side's
+                        prompt (an instruction put before its texts; read by `load_model`)
       model.gin         the same as gin bindings, for `--gin_file=DIR/model.gin`
       tokenizer.json    (or tokenizer.model, a SentencePiece model)
       params/           orbax checkpoint of the params tree
@@ -52,6 +53,13 @@ class TextEncoderSpec:
   x_suffix: tuple[str, ...] = ("]",)
   y_prefix: tuple[str, ...] = ("{",)
   y_suffix: tuple[str, ...] = ("}",)
+  x_prompt: str = ""
+  y_prompt: str = ""
+
+  @property
+  def prompts(self) -> dict[str, str]:
+    """side -> its prompt ("" = none)."""
+    return {"x": self.x_prompt, "y": self.y_prompt}
 
   def arguments(self, directory: str | Path) -> dict[str, Any]:
     """`tokenization.text_encoder`'s arguments, the tokenizer file resolved inside `directory`."""
@@ -82,6 +90,20 @@ class LoadedModel:
   text_encoder: tokenization.TextEncoder
   text_spec: TextEncoderSpec
   metadata: dict[str, Any]
+  prompts: dict[str, str] = dataclasses.field(default_factory=dict)
+  num_layers: int | None = None
+
+  def with_options(self, prompt: str | None = None, layers: int | None = None,
+                   side: str = "x") -> LoadedModel:
+    """A copy that embeds with `prompt` on `side` ("" = no prompt on any side; None = the
+    stored prompts) and with the first `layers` layers (None = all)."""
+    prompts = dict(self.prompts)
+    if prompt == "":
+      prompts = {s: "" for s in prompts}
+    elif prompt is not None:
+      prompts[side] = prompt
+    self.config.check_num_layers(layers)
+    return dataclasses.replace(self, prompts=prompts, num_layers=layers)
 
 
 def config_to_json(config: DualEncoderConfig) -> dict[str, Any]:
@@ -147,7 +169,8 @@ def _checkpointer():
 
 def save_model(directory: str | Path, config: DualEncoderConfig, params: Any, *,
                tokenizer_path: str | Path, templates: dict[str, tuple[str, ...]] | None = None,
-               metadata: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
+               metadata: dict[str, Any] | None = None, overwrite: bool = False,
+               prompts: dict[str, str] | None = None) -> Path:
   """Writes a model directory; returns its path.
 
   Args:
@@ -157,6 +180,7 @@ def save_model(directory: str | Path, config: DualEncoderConfig, params: Any, *,
     tokenizer_path: a tokenizer.json or SentencePiece .model file, copied in.
     templates: x_prefix/x_suffix/y_prefix/y_suffix token strings (default `[ ]`, `{ }`).
     metadata: free-form JSON-able facts (e.g. the conversion source).
+    prompts: side -> the prompt (instruction) put before that side's texts.
   """
   directory = Path(directory).absolute()
   if directory.exists() and not directory.is_dir():
@@ -176,8 +200,12 @@ def save_model(directory: str | Path, config: DualEncoderConfig, params: Any, *,
   suffix = tokenizer_path.suffix
   if suffix not in _TOKENIZER_FILES:
     raise ModelDirError(f"{tokenizer_path}: a tokenizer must be a .json or a SentencePiece .model file")
+  unknown = set(prompts or {}) - {"x", "y"}
+  if unknown:
+    raise ModelDirError(f"prompts for unknown sides {sorted(unknown)}; sides are x and y")
   text_spec = TextEncoderSpec(_TOKENIZER_FILES[suffix], **{
-      k: tuple(v) for k, v in (templates or {}).items()})
+      k: tuple(v) for k, v in (templates or {}).items()},
+      **{f"{side}_prompt": str(p) for side, p in (prompts or {}).items()})
   if jax.process_index() == 0:
     shutil.copyfile(tokenizer_path, directory / text_spec.tokenizer_file)
     record = {"format_version": FORMAT_VERSION, "config": config_to_json(config),
@@ -290,7 +318,7 @@ def load_model(directory: str | Path, mesh: Mesh | None = None,
   module = build_dual_encoder(config)
   params = load_params(directory, module, mesh, rules)
   return LoadedModel(directory, config, module, params, text_encoder, text_spec,
-                     record.get("metadata", {}))
+                     record.get("metadata", {}), prompts=text_spec.prompts)
 
 
 # Settings gin may change on a model that training starts from (`train.init_from`): they

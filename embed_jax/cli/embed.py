@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embed_jax.cli import add_dtype_argument
+from embed_jax.cli import add_dtype_argument, add_model_options, apply_model_options
 from embed_jax.main import CommandLineError
 
 OUTPUT_FORMATS = (".npy", ".jsonl")
@@ -34,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--batch_size", type=int, default=64)
   parser.add_argument("--max_length", type=int, help="tokens per text, delimiters included")
   add_dtype_argument(parser)
+  add_model_options(parser)
   parser.add_argument("--no_progress", action="store_true", help="no progress bar")
 
 
@@ -103,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
     loaded = model_dir.load_model(args.model, mesh=mesh, compute_dtype=args.dtype)
   except model_dir.ModelDirError as e:
     raise CommandLineError(str(e)) from None
+  loaded = apply_model_options(loaded, args, side=args.side)
   max_length = args.max_length or loaded.metadata.get("max_length")
   embeddings = embed_with_model(loaded, texts, side=args.side, batch_size=args.batch_size,
                                 max_length=max_length, mesh=mesh,

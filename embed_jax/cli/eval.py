@@ -14,7 +14,7 @@ import argparse
 import logging
 
 from embed_jax import gin_config
-from embed_jax.cli import add_dtype_argument
+from embed_jax.cli import add_dtype_argument, add_model_options, apply_model_options
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--max_length", type=int, default=None,
                       help="tokens per text, delimiters included (default: the model's)")
   add_dtype_argument(parser)
+  add_model_options(parser)
   parser.add_argument("--limit", type=int, default=None,
                       help="smoke runs: at most this many examples per split (queries for retrieval)")
 
@@ -49,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     raise CommandLineError(str(e)) from None
   mesh = partitioning.create_mesh()
   try:
-    model = model_dir.load_model(args.model, mesh, compute_dtype=args.dtype)
+    model = apply_model_options(model_dir.load_model(args.model, mesh, compute_dtype=args.dtype),
+                                args)
     embed_for = runner.model_embed_fn(model, mesh, args.batch_size, args.max_length)
     results = runner.run_tasks(embed_for, names, args.data_dir, args.out, mesh, args.limit,
                                info={"model": str(model.directory), "max_length": args.max_length})
