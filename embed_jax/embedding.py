@@ -172,3 +172,26 @@ def embed_with_model(model: Any, texts: Sequence[str], *, side: str = "x", **kwa
   kwargs.setdefault("prompt", model.prompts.get(side, ""))
   kwargs.setdefault("num_layers", model.num_layers)
   return embed_texts(model.module, model.params, model.text_encoder, texts, side=side, **kwargs)
+
+
+def prompt_lengths_transform(text_encoder: tokenization.TextEncoder, prompts: dict[str, str],
+                             lengths: dict[str, int]) -> Callable | None:
+  """A host-batch transform adding `{s}_prompt_length` (int32, one per text) for s in x, y, neg.
+
+  Training data has each side's prompt put before its texts (`data.tasks`);
+  these counts let the model leave those tokens out of mean and latent pooling.
+  None when no side has a prompt. lengths: side -> its max length (checked).
+  """
+  if not any(prompts.values()):
+    return None
+  counts = {side: check_prompt(text_encoder, side, prompts.get(side, ""), lengths[side])
+            for side in ("x", "y")}
+  counts["neg"] = counts["y"]
+
+  def add(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    batch = dict(batch)
+    for side, count in counts.items():
+      if f"{side}_tokens" in batch:
+        batch[f"{side}_prompt_length"] = np.full(batch[f"{side}_tokens"].shape[:-1], count, np.int32)
+    return batch
+  return add

@@ -203,6 +203,21 @@ def _check_data_fingerprint(record: dict | None, current: dict | None, strict: b
     say(f"WARNING: {message}; the resumed order is not the uninterrupted run's")
 
 
+def _with_prompt_lengths(batches, text_encoder, transform):
+  """(side -> prompt of the training task, the host transform also adding prompt lengths)."""
+  config = getattr(batches.host_iterator, "config", None)
+  if config is None or not hasattr(config, "task"):
+    return {}, transform
+  from embed_jax import embedding  # pylint: disable=import-outside-toplevel
+  from embed_jax.data import tasks  # pylint: disable=import-outside-toplevel  # tensorflow side.
+  prompts = tasks.task_prompts(config.task)
+  x_length, y_length = _batch_lengths(batches)
+  add = embedding.prompt_lengths_transform(text_encoder, prompts, {"x": x_length, "y": y_length})
+  if add is None:
+    return prompts, transform
+  return prompts, add if transform is None else (lambda batch: transform(add(batch)))
+
+
 def _batch_lengths(batches) -> tuple[int, int]:
   """The (x, y) token lengths of the run's batches."""
   host = batches.host_iterator
@@ -327,6 +342,7 @@ def train(
     transform = (host_packer(config, step_config, mesh, rules, text_encoder.pad_id)
                  if step_config.pack else None)
     batches = _batches(data_source, mesh, rules, text_encoder, transform)
+    prompts, batches.transform = _with_prompt_lengths(batches, text_encoder, transform)
     guide, frozen = None, None
     if guide_model:
       guide, guide_params = run_model.load_guide(guide_model, model, mesh, rules,
@@ -457,7 +473,7 @@ def train(
       tokenizer_path, templates = _tokenizer_source(text_encoder)
       final_params = evaluate.encoder_params(state.params)
       final = write_final(model_dir, config, final_params, tokenizer_path, templates,
-                          {"trained_steps": step, "origin": origin, **model.inherited})
+                          {"trained_steps": step, "origin": origin, **model.inherited}, prompts)
       summary["final_model"] = str(final)
       if export_sentence_transformers:
         summary["export"] = str(export_final(epath.Path(final), model_dir))
@@ -488,7 +504,7 @@ def _close_all(resources: list) -> None:
 
 
 def write_final(model_dir: epath.Path, config, params, tokenizer_path, templates,
-                metadata: dict) -> epath.Path:
+                metadata: dict, prompts: dict[str, str] | None = None) -> epath.Path:
   """Writes the final model directory to `final.partial`, then moves it to `final`.
 
   A run killed while writing leaves only the partial folder, which the next
@@ -499,7 +515,7 @@ def write_final(model_dir: epath.Path, config, params, tokenizer_path, templates
     partial.rmtree()
   partitioning.barrier("embed_jax_final_partial_cleared")
   model_dir_lib.save_model(partial, config, params, tokenizer_path=tokenizer_path,
-                           templates=templates, metadata=metadata)
+                           templates=templates, metadata=metadata, prompts=prompts)
   if jax.process_index() == 0:
     if final.exists():
       final.rmtree()
