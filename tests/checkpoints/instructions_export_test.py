@@ -53,8 +53,9 @@ def test_prompt_tokens_are_left_out_of_mean_pooling(minilm_tokenizer_json, tmp_p
 
   inputs = tmp_path / "texts.txt"
   inputs.write_text(TEXTS[0] + "\n")
-  for flags, want in (([], got), (["--prompt", ""], without)):
-    out = tmp_path / f"out{len(flags)}.npy"
+  first_layer = embed_with_model(loaded.with_options(layers=1), TEXTS[:1], side="x")[0]
+  for flags, want in (([], got), (["--prompt", ""], without), (["--layers", "1"], first_layer)):
+    out = tmp_path / f"out{'_'.join(flags)}.npy"
     assert main.main(["embed", "--model", str(saved), "--input", str(inputs), "--output", str(out),
                       "--no_progress", *flags]) == 0
     np.testing.assert_allclose(np.load(out)[0], want, atol=1e-6)

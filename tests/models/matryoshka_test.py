@@ -97,3 +97,19 @@ def test_first_layers_equal_a_model_cut_to_those_layers():
 def test_pairs_beyond_the_model_are_refused(pairs):
   with pytest.raises(ConfigError, match="matryoshka_layers: .* is beyond the model"):
     dataclasses.replace(CONFIG, matryoshka_layers=pairs)
+
+
+def test_packed_layers_equal_padded_layers():
+  from embed_jax.data import packing  # pylint: disable=import-outside-toplevel
+  module = DualEncoder(CONFIG)
+  params = init_params(module, jax.random.key(4, impl="rbg"))
+  batch = _batch(np.random.default_rng(5), 8)
+  tokens, mask = batch["y_tokens"], batch["y_mask"]
+  packed = packing.pack_texts(tokens, mask, pooling="mean")
+  padded = module.apply({"params": params}, tokens, mask, side="y", layers_out=(1, 2),
+                        method=DualEncoder.embed_layers)
+  together = module.apply({"params": params}, packed.tokens, packed.segment_ids,
+                          packed.text_of_token, packed.pool_index, layers_out=(1, 2),
+                          method=DualEncoder.embed_packed)
+  assert together.shape == (2, 8, 32)
+  np.testing.assert_allclose(np.asarray(together), np.asarray(padded), atol=2e-5)
