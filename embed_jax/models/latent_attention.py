@@ -9,7 +9,7 @@ Each token's last hidden state h [D] is a query over a trainable latent array
 
 then `pooling.mean_pool` averages o over each text's real tokens (prompt
 tokens excluded). Tokens never see each other here, so the block is the same
-on padded and on packed rows. Logits and softmax are float32.
+on padded and on packed rows. The attention is computed in float32.
 
 Params (under the dual encoder's `latent_pool`):
   latents [r, D]                    (None, "embed")
@@ -58,11 +58,18 @@ class LatentAttention(nn.Module):
         (self.num_latents, d_model), self.param_dtype)
     heads = (self.num_heads, head_dim)
     query = layers.dense(heads, ("embed",), ("heads", "head_dim"), name="query", **common)(hidden)
-    key = layers.dense(heads, ("embed",), ("heads", "head_dim"), name="key", **common)(latents)
-    value = layers.dense(heads, ("embed",), ("heads", "head_dim"), name="value", **common)(latents)
-    logits = jnp.einsum("...nh,rnh->...nr", query, key, preferred_element_type=jnp.float32)
-    probs = jax.nn.softmax(logits / jnp.sqrt(jnp.float32(head_dim)), axis=-1)
-    attended = jnp.einsum("...nr,rnh->...nh", probs.astype(value.dtype), value)
+    # The latents' projections are a few r x D x D products: float32 (XLA:CPU lacks the
+    # bfloat16 kernel-gradient product of an unbatched [r, D] input).
+    latent_common = dict(common, dtype=jnp.float32)
+    key = layers.dense(heads, ("embed",), ("heads", "head_dim"), name="key", **latent_common)(latents)
+    value = layers.dense(heads, ("embed",), ("heads", "head_dim"), name="value",
+                         **latent_common)(latents)
+    # float32 throughout: a few % of the encoder's FLOPs, and XLA:CPU has no bfloat16 dot with a
+    # float32 output for these (batched) shapes.
+    f32 = jnp.float32
+    logits = jnp.einsum("...nh,rnh->...nr", query.astype(f32), key.astype(f32))
+    probs = jax.nn.softmax(logits / jnp.sqrt(f32(head_dim)), axis=-1)
+    attended = jnp.einsum("...nr,rnh->...nh", probs, value.astype(f32)).astype(hidden.dtype)
     x = hidden + layers.dense(d_model, ("heads", "head_dim"), ("embed",), name="out",
                               **common)(attended)
     return x + layers.Mlp(
