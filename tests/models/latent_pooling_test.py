@@ -113,3 +113,20 @@ def test_sharded_equals_unsharded(params):
 def test_bad_settings_are_one_line_errors(changes, message):
   with pytest.raises(ConfigError, match=message):
     DualEncoderConfig(encoder=ENCODER, pooling="latent_attention", **changes)
+
+
+def test_bfloat16_compute_has_gradients_close_to_float32(params):
+  """bfloat16 products (XLA:CPU lacks some of them) run forward and backward, near float32."""
+  import dataclasses  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  low = DualEncoder(dataclasses.replace(
+      CONFIG, encoder=dataclasses.replace(ENCODER, dtype="bfloat16")))
+  tokens, mask = _texts(4, 16, seed=3)
+
+  def embed_sum(module):
+    return jax.jit(jax.value_and_grad(lambda p: jnp.sum(module.apply(
+        {"params": p}, tokens, mask, side="y", method=DualEncoder.embed)[:, 0])))
+  (value, grads), (low_value, low_grads) = embed_sum(MODEL)(params), embed_sum(low)(params)
+  np.testing.assert_allclose(float(low_value), float(value), rtol=0.05, atol=0.05)
+  g, lg = (np.asarray(t["latent_pool"]["latents"]) for t in (grads, low_grads))
+  assert np.all(np.isfinite(lg)) and np.sum(g * lg) / np.linalg.norm(g) / np.linalg.norm(lg) > 0.95
