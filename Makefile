@@ -26,4 +26,5 @@ bench-smoke:
 	.venv/bin/python bench/mfu.py --smoke
 	.venv/bin/python bench/mfu.py --smoke --pack
 	.venv/bin/python bench/grad_cache_overhead.py --smoke
-	.venv/bin/python bench/compare_sentence_transformers.py --smoke --pack
+	.venv/bin/python bench/compare_sentence_transformers.py --smoke
+	.venv/bin/python bench/lora.py --smoke

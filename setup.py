@@ -46,6 +46,7 @@ EXTRAS_REQUIRE = {
         "nbclient>=0.10",
         "nbformat>=5.10",
         "ipykernel>=6",
+        "peft>=0.13",
     ],
 }
 

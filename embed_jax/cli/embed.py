@@ -1,7 +1,7 @@
 """`embed-jax embed`: embed every line (or JSONL field) of a file with a model directory.
 
     embed-jax embed --model DIR --input FILE [--field NAME] --output OUT.npy|OUT.jsonl
-                    [--side x|y] [--batch_size 64] [--max_length N]
+                    [--side x|y] [--batch_size 64] [--max_length N] [--dim D]
 
 Each line is one text (JSONL with `--field`: one object per line, the text in
 that field). Empty lines embed as the empty text (its delimiters alone); row i
@@ -9,6 +9,8 @@ of the output is line i of the input. Texts are sorted by length into padded
 buckets and each batch is sharded over the local devices (`embed_texts`).
 `--max_length` defaults to the length the model was made for (a
 sentence-transformers model's max_seq_length), else the encoder's maximum.
+`--dim D` keeps the first D dimensions of each embedding, re-normalised
+(Matryoshka truncation).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--side", choices=("x", "y"), default="x", help="which side's template to use")
   parser.add_argument("--batch_size", type=int, default=64)
   parser.add_argument("--max_length", type=int, help="tokens per text, delimiters included")
+  parser.add_argument("--dim", type=int, help="keep the first D dimensions, re-normalised (Matryoshka)")
   add_dtype_argument(parser)
   add_model_options(parser)
   parser.add_argument("--no_progress", action="store_true", help="no progress bar")
@@ -96,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
   import jax  # pylint: disable=import-outside-toplevel
   from embed_jax import gin_config, partitioning  # pylint: disable=import-outside-toplevel
   from embed_jax.checkpoints import model_dir  # pylint: disable=import-outside-toplevel
-  from embed_jax.embedding import embed_with_model  # pylint: disable=import-outside-toplevel
+  from embed_jax.evaluation import model_embed  # pylint: disable=import-outside-toplevel
   if args.gin_files or args.gin_bindings:
     gin_config.parse(args.gin_files, args.gin_bindings)
   mesh = partitioning.create_mesh(devices=jax.local_devices())
@@ -105,10 +108,9 @@ def run(args: argparse.Namespace) -> int:
   except model_dir.ModelDirError as e:
     raise CommandLineError(str(e)) from None
   loaded = apply_model_options(loaded, args, side=args.side)
-  max_length = args.max_length or loaded.metadata.get("max_length")
-  embeddings = embed_with_model(loaded, texts, side=args.side, batch_size=args.batch_size,
-                                max_length=max_length, mesh=mesh,
-                                progress=False if args.no_progress else f"embedding {args.input}")
+  embeddings = model_embed.embed(loaded, texts, args.side, batch_size=args.batch_size,
+                                 max_length=args.max_length, dim=args.dim, mesh=mesh,
+                                 progress=False if args.no_progress else f"embedding {args.input}")
   write_embeddings(args.output, embeddings)
   print(f"wrote {embeddings.shape[0]} embeddings of size {embeddings.shape[1]} to {args.output}")
   return 0

@@ -6,6 +6,9 @@ Files are JSONL with `_id` (or `id`) and `text` (and an optional `title`, joined
 before the text as BEIR does), or plain text with one text per line (ids are
 line numbers from 1). Documents are embedded as side y, queries as side x.
 Writes one JSON line per query: {"query_id", "query", "hits": [{"id", "score"}, ...]}.
+A repeated id is an error naming its line. Texts are embedded at the length the
+model directory records unless `--max_length` says otherwise; `--dim D` keeps
+the first D dimensions, re-normalised (Matryoshka).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--max_length", type=int, default=None, help="tokens per text (default: the model's)")
   add_dtype_argument(parser)
   add_model_options(parser)
+  parser.add_argument("--dim", type=int, default=None,
+                      help="keep the first D embedding dimensions, re-normalised (Matryoshka)")
   parser.add_argument("--chunk_size", type=int, default=8192, help="corpus rows scored at once per device")
 
 
@@ -35,6 +40,7 @@ def read_texts(path: str) -> tuple[list[str], list[str]]:
   """(ids, texts) of a JSONL file with `_id`/`id` and `text` fields, or of a text file (a line each)."""
   from embed_jax.evaluation import formats  # pylint: disable=import-outside-toplevel
   ids, texts = [], []
+  first_line: dict[str, int] = {}
   try:
     with open(path, encoding="utf-8") as f:
       lines = f.read().splitlines()
@@ -56,6 +62,10 @@ def read_texts(path: str) -> tuple[list[str], list[str]]:
     if not isinstance(record, dict) or key not in record or "text" not in record:
       raise formats.DataFormatError(
           f"{path}:{number}: expected a JSON object with fields '_id' (or 'id') and 'text'")
+    if str(record[key]) in first_line:
+      raise formats.DataFormatError(f"{path}:{number}: duplicate {key} {str(record[key])!r} (first "
+                                    f"on line {first_line[str(record[key])]})")
+    first_line[str(record[key])] = number
     ids.append(str(record[key]))
     texts.append(formats.beir_document_text(record.get("title", ""), record["text"]))
   if not texts:
@@ -64,9 +74,9 @@ def read_texts(path: str) -> tuple[list[str], list[str]]:
 
 
 def run(args: argparse.Namespace) -> int:
-  from embed_jax import embedding, partitioning  # pylint: disable=import-outside-toplevel
+  from embed_jax import partitioning  # pylint: disable=import-outside-toplevel
   from embed_jax.checkpoints import model_dir  # pylint: disable=import-outside-toplevel
-  from embed_jax.evaluation import formats, search  # pylint: disable=import-outside-toplevel
+  from embed_jax.evaluation import formats, model_embed, search  # pylint: disable=import-outside-toplevel
   from embed_jax.main import CommandLineError  # pylint: disable=import-outside-toplevel
   gin_config.parse(args.gin_files, args.gin_bindings)
   if args.k < 1:
@@ -77,11 +87,13 @@ def run(args: argparse.Namespace) -> int:
     mesh = partitioning.create_mesh()
     model = apply_model_options(model_dir.load_model(args.model, mesh, compute_dtype=args.dtype),
                                 args)
-  except (formats.DataFormatError, model_dir.ModelDirError) as e:
+    model_embed.check_dim(args.dim, model_embed.embedding_size(model))
+    max_length = model_embed.max_length_for(model, args.max_length)
+  except (formats.DataFormatError, model_dir.ModelDirError, model_embed.DimensionError) as e:
     raise CommandLineError(str(e)) from None
-  options = dict(mesh=mesh, batch_size=args.batch_size, max_length=args.max_length)
-  doc_vectors = embedding.embed_with_model(model, documents, side="y", progress="corpus", **options)
-  query_vectors = embedding.embed_with_model(model, queries, side="x", progress="queries", **options)
+  options = dict(mesh=mesh, batch_size=args.batch_size, max_length=max_length, dim=args.dim)
+  doc_vectors = model_embed.embed(model, documents, "y", progress="corpus", **options)
+  query_vectors = model_embed.embed(model, queries, "x", progress="queries", **options)
   index = search.CorpusIndex(doc_vectors, mesh, chunk_size=args.chunk_size)
   scores, rows = index.search(query_vectors, args.k)
   out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout

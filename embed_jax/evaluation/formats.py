@@ -129,6 +129,20 @@ def beir_document_text(title: str, text: str) -> str:
   return f"{title} {text}" if title else text
 
 
+def _unique_ids(path: str, text_of) -> dict[str, str]:
+  """{`_id`: text_of(record)} of a JSONL file; a repeated `_id` is an error naming both lines."""
+  texts: dict[str, str] = {}
+  first_line: dict[str, int] = {}
+  for number, record in _read_jsonl(path, ("_id", "text")):
+    key = str(record["_id"])
+    if key in first_line:
+      raise DataFormatError(f"{path}:{number}: duplicate _id {key!r} (first on line "
+                            f"{first_line[key]}); each document and query needs its own id")
+    first_line[key] = number
+    texts[key] = text_of(record)
+  return texts
+
+
 def read_beir(folder: str, split: str = "test") -> RetrievalData:
   """A BEIR-format folder: corpus.jsonl, queries.jsonl and qrels/<split>.tsv.
 
@@ -141,9 +155,8 @@ def read_beir(folder: str, split: str = "test") -> RetrievalData:
     if not os.path.isfile(path):
       raise DataFormatError(f"{path}: file not found (a BEIR folder holds corpus.jsonl, "
                             f"queries.jsonl and qrels/{split}.tsv)")
-  corpus = {str(r["_id"]): beir_document_text(r.get("title", ""), r["text"])
-            for _, r in _read_jsonl(corpus_path, ("_id", "text"))}
-  queries = {str(r["_id"]): r["text"] for _, r in _read_jsonl(queries_path, ("_id", "text"))}
+  corpus = _unique_ids(corpus_path, lambda r: beir_document_text(r.get("title", ""), r["text"]))
+  queries = _unique_ids(queries_path, lambda r: r["text"])
   qrels: dict[str, dict[str, float]] = {}
   for number, line in _lines(qrels_path):
     fields = line.split("\t")

@@ -17,6 +17,7 @@ RESULTS_FILE = "results.json"
 REPORT_FILE = "report.md"
 SCORES_PLOT = "scores.png"
 RECALL_PLOT = "recall_at_k.png"
+SHARED_EMBEDDING_NOTE = 0.01  # = retrieval.DUPLICATE_WARNING_SHARE (not imported: no jax here)
 
 
 def headline_scores(result: Mapping[str, Any]) -> dict[str, float]:
@@ -50,6 +51,21 @@ def markdown_table(results: Mapping[str, Mapping[str, Any]]) -> str:
   if average is not None:
     lines.append(f"| probe average | probe | model | accuracy {100 * average:.2f} |")
   return "\n".join(lines)
+
+
+def notes(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
+  """One line per task with queries left out of its averages or a corpus of shared embeddings."""
+  lines = []
+  for task, result in results.items():
+    skipped = result.get("num_skipped_queries", 0)
+    if skipped:
+      lines.append(f"{task}: {skipped} queries skipped (no relevant document in the judgements); "
+                   f"metrics average over the other {result['num_queries']}")
+    share = result.get("shared_embedding_share", 0.0)
+    if share > SHARED_EMBEDDING_NOTE:
+      lines.append(f"{task}: {100 * share:.1f}% of the documents share an identical embedding "
+                   "with another one (tied documents rank worst first)")
+  return lines
 
 
 def plot_scores(results: Mapping[str, Mapping[str, Any]], path: str) -> None:
@@ -120,7 +136,9 @@ def write_report(results: Mapping[str, Mapping[str, Any]], out_dir: str,
   plot_scores(results, paths["scores_plot"])
   lines = ["# Evaluation report", ""]
   lines += [f"- {k}: {v}" for k, v in (info or {}).items()]
-  lines += ["", markdown_table(results), "", f"![headline metric per task]({SCORES_PLOT})"]
+  lines += ["", markdown_table(results), ""]
+  lines += [f"- {note}" for note in notes(results)] + ([""] if notes(results) else [])
+  lines += [f"![headline metric per task]({SCORES_PLOT})"]
   recall_path = os.path.join(out_dir, RECALL_PLOT)
   if plot_recall_curves(results, recall_path):
     paths["recall_plot"] = recall_path

@@ -8,6 +8,7 @@ queries, so both rows of a report use identical data and metrics.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 
 import gin
@@ -22,6 +23,9 @@ from embed_jax.evaluation.formats import RetrievalData
 EmbedFn = Callable[[Sequence[str], str], np.ndarray]
 Rankings = dict[str, tuple[list[str], list[float]]]
 CURVE_KS = (1, 2, 3, 5, 10, 20, 50, 100)
+DUPLICATE_WARNING_SHARE = 0.01
+
+log = logging.getLogger(__name__)
 
 
 def _as_rankings(query_ids: Sequence[str], doc_ids: Sequence[str], scores: np.ndarray,
@@ -30,10 +34,32 @@ def _as_rankings(query_ids: Sequence[str], doc_ids: Sequence[str], scores: np.nd
           for q, row, row_scores in zip(query_ids, rows, scores)}
 
 
-def dense_rankings(embed: EmbedFn, data: RetrievalData, k: int, mesh: Mesh | None = None) -> Rankings:
-  """Top-k documents per query by embedding inner product."""
+def shared_embedding_share(embeddings: np.ndarray) -> float:
+  """Fraction of the rows of [N, d] `embeddings` that equal (bit for bit) at least one other row."""
+  if len(embeddings) < 2:
+    return 0.0
+  _, inverse, counts = np.unique(np.ascontiguousarray(embeddings), axis=0, return_inverse=True,
+                                 return_counts=True)
+  return float(np.mean(counts[inverse.reshape(-1)] > 1))
+
+
+def dense_rankings(embed: EmbedFn, data: RetrievalData, k: int, mesh: Mesh | None = None,
+                   stats: dict | None = None) -> Rankings:
+  """Top-k documents per query by embedding inner product.
+
+  Warns when more than DUPLICATE_WARNING_SHARE of the documents share their
+  embedding with another one (ties rank worst first, so such a corpus scores
+  low by design); `stats`, when given, receives that share.
+  """
   doc_ids, query_ids = list(data.corpus), list(data.queries)
   documents = embed([data.corpus[d] for d in doc_ids], "y")
+  share = shared_embedding_share(documents)
+  if stats is not None:
+    stats["shared_embedding_share"] = share
+  if share > DUPLICATE_WARNING_SHARE:
+    log.warning("%.1f%% of the %d documents share an identical embedding with another document: "
+                "tied documents rank worst first, so this lowers the scores (duplicate texts, or "
+                "texts cut to the same first tokens by max_length?)", 100 * share, len(documents))
   queries = embed([data.queries[q] for q in query_ids], "x")
   scores, rows = search.CorpusIndex(documents, mesh).search(queries, k)
   return _as_rankings(query_ids, doc_ids, scores, rows)
@@ -65,15 +91,22 @@ def evaluate_retrieval(embed: EmbedFn, data: RetrievalData, metrics: Sequence[st
 
   Returns:
     {"model": {metric: value}, "bm25": {...} (when `bm25`), "recall_curve":
-    {"model": {recall@k: value}, "bm25": ...}, "num_queries", "num_documents"}.
+    {"model": {recall@k: value}, "bm25": ...}, "num_queries" (the queries with a
+    relevant document: those the metrics average over), "num_skipped_queries"
+    (queries whose judgements are all 0), "num_documents",
+    "shared_embedding_share"}.
   """
   depth = max([metrics_lib.parse_metric(m)[1] for m in metrics] + list(curve_ks))
-  systems = {"model": dense_rankings(embed, data, depth, mesh)}
+  stats: dict = {}
+  systems = {"model": dense_rankings(embed, data, depth, mesh, stats)}
   if bm25:
     systems["bm25"] = bm25_rankings(data, depth)
   result: dict = {name: metrics_lib.evaluate_rankings(r, data.qrels, metrics)
                   for name, r in systems.items()}
   result["recall_curve"] = {name: recall_curve(r, data, curve_ks) for name, r in systems.items()}
-  result["num_queries"] = len(data.queries)
+  judged = sum(any(g > 0 for g in data.qrels.get(q, {}).values()) for q in data.queries)
+  result["num_queries"] = judged
+  result["num_skipped_queries"] = len(data.queries) - judged
   result["num_documents"] = len(data.corpus)
+  result.update(stats)
   return result

@@ -10,35 +10,39 @@ from collections.abc import Callable, Sequence
 
 from jax.sharding import Mesh
 
-from embed_jax.evaluation import report, tasks as tasks_lib
+from embed_jax.evaluation import model_embed, report, tasks as tasks_lib
 from embed_jax.evaluation.retrieval import EmbedFn
 
 log = logging.getLogger(__name__)
 
 
-def model_embed_fn(model, mesh: Mesh | None, batch_size: int = 128,
-                   max_length: int | None = None) -> Callable[[str], EmbedFn]:
-  """label -> embed(texts, side) through `embedding.embed_with_model` with a labelled progress bar."""
-  from embed_jax import embedding  # pylint: disable=import-outside-toplevel
+def model_embed_fn(model, mesh: Mesh | None, batch_size: int = 128, max_length: int | None = None,
+                   dim: int | None = None) -> Callable[[str], EmbedFn]:
+  """label -> embed(texts, side) through `model_embed.embed` with a labelled progress bar.
+
+  `max_length` None is the model's recorded length; `dim` truncates (Matryoshka).
+  """
+  model_embed.check_dim(dim, model_embed.embedding_size(model))
 
   def for_task(label: str) -> EmbedFn:
     def embed(texts: Sequence[str], side: str):
-      return embedding.embed_with_model(model, list(texts), side=side, mesh=mesh,
-                                        batch_size=batch_size, max_length=max_length,
-                                        progress=f"{label} ({side}, {len(texts)} texts)")
+      return model_embed.embed(model, texts, side, mesh=mesh, batch_size=batch_size,
+                               max_length=max_length, dim=dim,
+                               progress=f"{label} ({side}, {len(texts)} texts)")
     return embed
   return for_task
 
 
 def run_tasks(embed_for: Callable[[str], EmbedFn], task_names: Sequence[str], data_dir: str,
               out_dir: str | None = None, mesh: Mesh | None = None, limit: int | None = None,
-              info: dict | None = None) -> dict:
+              info: dict | None = None, split: str = "test") -> dict:
   """Runs each task (all are resolved first, so a typo fails before any work) and writes the report.
 
+  `split` ("test" or "dev") is the STS file and BEIR qrels each such task reads.
   Returns {task name: result dict}; also writes results.json, report.md and
   plots into `out_dir` when given.
   """
-  chosen = [tasks_lib.get_task(name, data_dir) for name in task_names]
+  chosen = [tasks_lib.get_task(name, data_dir, split) for name in task_names]
   results, started = {}, time.time()
   for task in chosen:
     t0 = time.time()

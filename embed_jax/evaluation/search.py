@@ -87,7 +87,7 @@ class CorpusIndex:
       raise ValueError(f"corpus embeddings must be [N > 0, d], got shape {embeddings.shape}")
     if chunk_size < 1 or query_batch_size < 1:
       raise ValueError("chunk_size and query_batch_size must be positive")
-    self.mesh = mesh or partitioning.create_mesh(devices=jax.local_devices()[:1])
+    self.mesh = mesh or partitioning.single_device_mesh()
     self.size, self.dim = embeddings.shape
     self.query_batch_size = query_batch_size
     devices = self.mesh.size

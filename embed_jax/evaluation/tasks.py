@@ -2,12 +2,18 @@
 
     mr cr subj mpqa      linear probe, 10-fold CV          senteval/<task>/...
     sst2 trec mrpc       linear probe on their splits       senteval/<task>/...
-    stsb                 Spearman of cosine vs gold (test)  stsb/sts-test.csv
+    stsb                 Spearman of cosine vs gold         stsb/sts-<split>.csv
+    sts:PATH             the STS protocol on any folder     PATH/sts-<split>.csv (PATH as given, else
+                         in the STS-B layout                under --data_dir)
     cosqa                code search (test queries)         cosqa/
     stdlib_code          code search, built-in test split   (no files: the local stdlib)
-    <folder>             BEIR retrieval (e.g. scifact)      <folder>/corpus.jsonl, queries.jsonl, qrels/test.tsv
+    <folder>             BEIR retrieval (e.g. scifact)      <folder>/corpus.jsonl, queries.jsonl,
+                                                            qrels/<split>.tsv
+    <folder>             STS, when it holds sts-<split>.csv <folder>/sts-<split>.csv
 
-Every task runner takes (embed, data_dir, mesh, limit) and returns a dict of
+`split` ("test" unless --split says "dev") chooses the STS file and the BEIR
+qrels; the probes keep their own protocol and CoSQA its test queries. Every
+task runner takes (embed, data_dir, mesh, limit) and returns a dict of
 results; `limit` (for smoke runs) keeps a seeded random subset of at most that
 many examples per split (queries, for retrieval: the corpus stays whole).
 """
@@ -102,12 +108,20 @@ def cosine(u: np.ndarray, v: np.ndarray) -> np.ndarray:
   return np.sum(u * v, axis=1) / np.maximum(norms, 1e-12)
 
 
-def _stsb(embed: EmbedFn, data_dir: str, mesh: Mesh | None, limit: int | None) -> dict:
-  del mesh
-  first, second, gold = formats.read_stsb(os.path.join(data_dir, "stsb", "sts-test.csv"))
-  first, second, gold = _take(_subset(len(gold), limit), first, second, gold)
-  predicted = cosine(embed(first, "x"), embed(second, "x"))
-  return {"spearman": spearman(predicted, gold), "num_pairs": len(gold)}
+def sts_file(folder: str, split: str = "test") -> str:
+  """The STS-B-layout file of `split` in `folder`: sts-<split>.csv."""
+  return os.path.join(folder, f"sts-{split}.csv")
+
+
+def _sts(folder_of: Callable[[str], str], split: str):
+  """The STS protocol (Spearman of cosine against gold) on sts-<split>.csv of a folder."""
+  def run(embed: EmbedFn, data_dir: str, mesh: Mesh | None, limit: int | None) -> dict:
+    del mesh
+    first, second, gold = formats.read_stsb(sts_file(folder_of(data_dir), split))
+    first, second, gold = _take(_subset(len(gold), limit), first, second, gold)
+    predicted = cosine(embed(first, "x"), embed(second, "x"))
+    return {"spearman": spearman(predicted, gold), "num_pairs": len(gold), "split": split}
+  return run
 
 
 # --- retrieval and code search ---------------------------------------------------------------
@@ -118,10 +132,14 @@ def _limit_queries(data: formats.RetrievalData, limit: int | None) -> formats.Re
                                {q: data.qrels[q] for q in keep})
 
 
-def _retrieval(reader: Callable[[str], formats.RetrievalData], metrics: Sequence[str]):
+def _retrieval(reader: Callable[[str], formats.RetrievalData], metrics: Sequence[str],
+               split: str | None = None):
   def run(embed: EmbedFn, data_dir: str, mesh: Mesh | None, limit: int | None) -> dict:
-    return retrieval.evaluate_retrieval(embed, _limit_queries(reader(data_dir), limit), metrics,
-                                        mesh=mesh)
+    result = retrieval.evaluate_retrieval(embed, _limit_queries(reader(data_dir), limit), metrics,
+                                          mesh=mesh)
+    if split is not None:
+      result["split"] = split
+    return result
   return run
 
 
@@ -130,11 +148,14 @@ def _stdlib_code_data(data_dir: str) -> formats.RetrievalData:
   return formats.read_pair_jsonl_as_retrieval(stdlib_corpus.corpus_file("stdlib_code", "test"))
 
 
+SPLITS = ("test", "dev")
+STS_PREFIX = "sts:"
+
 BUILT_IN: dict[str, Task] = {
     **{name: Task(name, "probe", "accuracy", _cv_probe(name)) for name in _CV_FILES},
     **{name: Task(name, "probe", "accuracy", _split_probe(name)) for name in _SPLIT_FILES},
     "mrpc": Task("mrpc", "probe", "accuracy", _mrpc),
-    "stsb": Task("stsb", "sts", "spearman", _stsb),
+    "stsb": Task("stsb", "sts", "spearman", _sts(lambda d: os.path.join(d, "stsb"), "test")),
     "cosqa": Task("cosqa", "code_search", "mrr@10", _retrieval(
         lambda d: formats.read_cosqa(os.path.join(d, "cosqa")), CODE_METRICS)),
     "stdlib_code": Task("stdlib_code", "code_search", "mrr@10",
@@ -142,13 +163,42 @@ BUILT_IN: dict[str, Task] = {
 }
 
 
-def get_task(name: str, data_dir: str) -> Task:
-  """The task called `name`: a built-in one, else a BEIR-format folder `data_dir/name`."""
+def _sts_folder(path: str, data_dir: str) -> str:
+  """`path` where it is a folder, else `data_dir/path`."""
+  return path if os.path.isdir(path) else os.path.join(data_dir, path)
+
+
+def get_task(name: str, data_dir: str, split: str = "test") -> Task:
+  """The task called `name`.
+
+  A built-in one; `sts:PATH` (the STS protocol on a folder in the STS-B
+  layout); else the folder `data_dir/name`: BEIR retrieval when it holds
+  corpus.jsonl, STS when it holds sts-<split>.csv.
+
+  Raises:
+    ValueError: for an unknown name, a folder of neither layout or a split
+      other than test/dev, naming what was looked for.
+  """
+  if split not in SPLITS:
+    raise ValueError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
+  if name == "stsb":
+    return Task(name, "sts", "spearman", _sts(lambda d: os.path.join(d, "stsb"), split))
   if name in BUILT_IN:
     return BUILT_IN[name]
+  if name.startswith(STS_PREFIX):
+    path = name[len(STS_PREFIX):]
+    if not path:
+      raise ValueError(f"task {name!r}: give a folder, as sts:PATH")
+    if not os.path.isfile(sts_file(_sts_folder(path, data_dir), split)):
+      raise ValueError(f"task {name!r}: no sts-{split}.csv in {path} (nor under {data_dir}); "
+                       "an STS-B-layout folder holds sts-test.csv (and sts-dev.csv)")
+    return Task(name, "sts", "spearman", _sts(lambda d: _sts_folder(path, d), split))
   folder = os.path.join(data_dir, name)
   if os.path.isfile(os.path.join(folder, "corpus.jsonl")):
-    return Task(name, "retrieval", "ndcg@10",
-                _retrieval(lambda d: formats.read_beir(os.path.join(d, name)), BEIR_METRICS))
-  raise ValueError(f"unknown task {name!r}: not one of {', '.join(BUILT_IN)}, and "
-                   f"{folder} is not a BEIR-format folder (no corpus.jsonl)")
+    return Task(name, "retrieval", "ndcg@10", _retrieval(
+        lambda d: formats.read_beir(os.path.join(d, name), split), BEIR_METRICS, split))
+  if os.path.isfile(sts_file(folder, split)):
+    return Task(name, "sts", "spearman", _sts(lambda d: os.path.join(d, name), split))
+  raise ValueError(f"unknown task {name!r}: not one of {', '.join(BUILT_IN)} or sts:PATH, and "
+                   f"{folder} is neither a BEIR-format folder (corpus.jsonl) nor an STS-B-layout "
+                   f"folder (sts-{split}.csv)")

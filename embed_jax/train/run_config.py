@@ -11,6 +11,9 @@ cadence of logs, evaluations and checkpoints, the mesh, GradCache chunks,
 packing, compute dtype) is reported and accepted; any
 other change (the model, the data, the batch, the loss) is refused before
 anything is touched, unless `train.allow_config_changes` says otherwise.
+LoRA's settings (`train.lora_*`) shape the checkpoint's adapters: checkpoints
+record them and a resume with others is refused even then
+(`train.trainable.check_resume`).
 """
 
 from __future__ import annotations

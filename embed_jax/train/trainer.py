@@ -36,20 +36,19 @@ import signal
 import time
 from typing import Any
 
-import flax.linen as nn
 import gin
 import jax
 import numpy as np
 from etils import epath
 
 from embed_jax import flops, partitioning, precision
-from embed_jax.checkpoints import model_dir as model_dir_lib
+from embed_jax.checkpoints import export_peft as lora_files, model_dir as model_dir_lib
 from embed_jax.data import global_batches, packed_batches
 from embed_jax.errors import ConfigError
 from embed_jax.models.dual_encoder import DualEncoderConfig, build_dual_encoder
 from embed_jax.models.sharded_init import abstract_params, example_inputs, init_params
 from embed_jax.train import checkpointing, eval_hook, metrics as metrics_lib, optimizer
-from embed_jax.train import run_config, run_lock, run_model
+from embed_jax.train import run_config, run_lock, run_model, trainable as trainable_lib
 from embed_jax.train import state as state_lib
 from embed_jax.train.objective import ContrastiveObjective
 from embed_jax.train.prefetch import Prefetcher
@@ -262,6 +261,9 @@ def train(
     allow_config_changes: bool = False,
     start_over: bool = False,
     strict_data: bool = False,
+    lora_rank: int = 0,
+    lora_alpha: float = 16.0,
+    lora_targets: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
   """Trains a dual encoder; returns a summary {"step", "stopped_by", "final_eval", ...}.
 
@@ -304,6 +306,12 @@ def train(
     start_over: when every checkpoint is damaged, start again from step 0
       (they stay moved aside) instead of stopping.
     strict_data: a resume whose data files changed is an error, not a warning.
+    lora_rank: train LoRA adapters of this rank on a frozen encoder (0: train
+      every param); see `train.trainable`. The final model holds the merged
+      weights (and the adapters, for `embed-jax export --peft`).
+    lora_alpha: LoRA's update is scaled by lora_alpha / lora_rank.
+    lora_targets: the kernels LoRA adapts (`models.lora`; None: the attention
+      q, k, v and output projections; add "mlp" for the MLP's).
   """
   started = time.time()
   if data_source not in DATA_SOURCES:
@@ -324,6 +332,7 @@ def train(
   rules = partitioning.logical_axis_rules()
   step_config = step_config or StepConfig()
   explicit_config = run_config.explicit_bindings()
+  lora = trainable_lib.lora_config(lora_rank, lora_alpha, lora_targets)
 
   lock = _take_lock(model_dir)
   writer = checkpointer = prefetcher = None
@@ -333,11 +342,16 @@ def train(
     module = build_dual_encoder(config)
     example = example_inputs(module, partitioning.batch_size_multiple(mesh, rules))
     boxed = abstract_params(module, example, mesh, rules)
-    params_shardings = partitioning.logical_to_shardings(boxed, mesh, rules)
-    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype), nn.meta.unbox(boxed))
+    trainable = trainable_lib.Trainable(boxed, mesh, rules, lora)
+    params_shardings, abstract = trainable.shardings, trainable.abstract
     tx, schedule = optimizer.make_optimizer(steps)
     shardings = state_lib.state_shardings(tx, abstract, params_shardings, mesh)
     abstract_state = state_lib.abstract_state(tx, abstract, shardings)
+    checkpointer = checkpointing.Checkpointer(model_dir, keep=keep, async_save=async_checkpoints)
+    say = functools.partial(print, flush=True) if jax.process_index() == 0 else (lambda *_: None)
+    record = checkpointer.latest_record()
+    trainable_lib.check_resume(record, trainable.record())
+    _check_resume_config(record, explicit_config, allow_config_changes, say)
 
     transform = (host_packer(config, step_config, mesh, rules, text_encoder.pad_id)
                  if step_config.pack else None)
@@ -348,13 +362,20 @@ def train(
       guide, guide_params = run_model.load_guide(guide_model, model, mesh, rules,
                                                  _batch_lengths(batches), step_config.pack)
       frozen = {"guide": guide_params}
-    objective_fn = objective(module, mesh, rules, guide=guide)
+    if trainable.enabled:
+      if model.init_from:
+        base_params = model_dir_lib.load_params(model.init_from, module, mesh, rules,
+                                                new_params_rng=jax.random.key(seed))
+      else:
+        base_params = init_params(module, jax.random.key(seed), mesh, rules)
+      head, base = trainable.split(base_params, jax.random.key(seed + 1))
+      del base_params
+      frozen = {**(frozen or {}), trainable_lib.BASE: base}
+      objective_fn = objective(module, mesh, rules, guide=guide, params_view=trainable.params_view)
+    else:
+      objective_fn = objective(module, mesh, rules, guide=guide)
     updater = Updater(objective_fn, tx, schedule, params_shardings, step_config.grad_cache_chunks)
 
-    checkpointer = checkpointing.Checkpointer(model_dir, keep=keep, async_save=async_checkpoints)
-    say = functools.partial(print, flush=True) if jax.process_index() == 0 else (lambda *_: None)
-    record = checkpointer.latest_record()
-    _check_resume_config(record, explicit_config, allow_config_changes, say)
     fingerprint = _fingerprint(batches)
     _check_data_fingerprint(record, fingerprint, strict_data, say)
     try:
@@ -372,21 +393,28 @@ def train(
       batches.set_state(data_record.get("iterator", data_record))
       origin = f"resumed from {checkpointer.directory}/{start}"
     else:
-      if model.init_from:
+      if trainable.enabled:
+        params = head
+      elif model.init_from:
         params = model_dir_lib.load_params(model.init_from, module, mesh, rules,
                                            new_params_rng=jax.random.key(seed))
-        origin = f"initialised from {model.init_from}"
       else:
         params = init_params(module, jax.random.key(seed), mesh, rules)
-        origin = "initialised from scratch"
+      origin = (f"initialised from {model.init_from}" if model.init_from
+                else "initialised from scratch")
       state = state_lib.init_state(params, tx, seed, shardings)
       start = 0
     writer = metrics_lib.MetricsWriter(model_dir, steps, start, progress=progress,
                                        tensorboard=tensorboard)
     writer.print(f"{partitioning.describe(mesh)}; {origin}; step {start} of {steps}")
+    if trainable.enabled:
+      origin += f"; LoRA rank {lora.rank} on {len(trainable.targets)} kernels"
+      writer.print(f"LoRA rank {lora.rank}, alpha {lora.alpha}: {len(trainable.targets)} kernels "
+                   f"adapted, {_count(abstract):,} trained params of {_count(trainable.full_abstract):,}")
 
     def checkpoint_record(data_state: dict) -> dict:
-      return {"iterator": data_state, "config": explicit_config, "fingerprint": fingerprint}
+      return {"iterator": data_state, "config": explicit_config, "fingerprint": fingerprint,
+              "lora": trainable.record()}
 
     data_state = batches.get_state()
     steps_fn = None
@@ -400,7 +428,8 @@ def train(
         writer.print(f"packed batches ({pairs} pairs; first batch rows {rows}): the step compiles "
                      "once per packed shape; memory and FLOPs below are the first shape's")
       writer.print(describe_compiled(steps_fn.compiled_for(batch), pairs, mesh.size))
-      model_flops = flops.train_step_flops(config, abstract, flops.StepShape.of_batch(batch))
+      model_flops = flops.train_step_flops(config, trainable.full_abstract,
+                                           flops.StepShape.of_batch(batch))
       writer.print(f"model FLOPs per step (analytic, 6*N*tokens + attention + loss): "
                    f"{model_flops:.4g} ({model_flops / pairs:.4g} per pair)")
     if jax.process_index() == 0:
@@ -472,8 +501,13 @@ def train(
     if summary["stopped_by"] is None:
       tokenizer_path, templates = _tokenizer_source(text_encoder)
       final_params = evaluate.encoder_params(state.params)
-      final = write_final(model_dir, config, final_params, tokenizer_path, templates,
-                          {"trained_steps": step, "origin": origin, **model.inherited}, prompts)
+      metadata = {"trained_steps": step, "origin": origin, **model.inherited}
+      extra = None
+      if trainable.enabled:
+        metadata["lora"] = trainable.record()
+        extra = functools.partial(lora_files.save_adapters, adapters=state.params["adapters"])
+      final = write_final(model_dir, config, final_params, tokenizer_path, templates, metadata,
+                          extra, prompts)
       summary["final_model"] = str(final)
       if export_sentence_transformers:
         summary["export"] = str(export_final(epath.Path(final), model_dir))
@@ -504,11 +538,12 @@ def _close_all(resources: list) -> None:
 
 
 def write_final(model_dir: epath.Path, config, params, tokenizer_path, templates,
-                metadata: dict, prompts: dict[str, str] | None = None) -> epath.Path:
+                metadata: dict, extra=None, prompts: dict[str, str] | None = None) -> epath.Path:
   """Writes the final model directory to `final.partial`, then moves it to `final`.
 
   A run killed while writing leaves only the partial folder, which the next
-  attempt replaces; `final` is always a whole model directory.
+  attempt replaces; `final` is always a whole model directory. `extra(folder)`
+  (every process calls it) writes more files into it before the move.
   """
   final, partial = model_dir / FINAL_DIR, model_dir / f"{FINAL_DIR}.partial"
   if jax.process_index() == 0 and partial.exists():
@@ -516,12 +551,18 @@ def write_final(model_dir: epath.Path, config, params, tokenizer_path, templates
   partitioning.barrier("embed_jax_final_partial_cleared")
   model_dir_lib.save_model(partial, config, params, tokenizer_path=tokenizer_path,
                            templates=templates, metadata=metadata, prompts=prompts)
+  if extra is not None:
+    extra(partial)
   if jax.process_index() == 0:
     if final.exists():
       final.rmtree()
     partial.rename(final)
   partitioning.barrier("embed_jax_final_written")
   return final
+
+
+def _count(abstract: Any) -> int:
+  return sum(int(np.prod(a.shape)) for a in jax.tree.leaves(abstract))
 
 
 def results_of(summary: dict[str, Any], model_dir: epath.Path, started: float) -> dict[str, Any]:
