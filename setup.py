@@ -22,6 +22,7 @@ INSTALL_REQUIRES = [
     "seqio>=0.0.19",
     "tensorflow-cpu>=2.16",
     "tensorflow-datasets>=4.9",
+    "importlib_resources>=6",  # tfds reads datasets built on disk through it (not declared by tfds).
     "sentencepiece>=0.2",
 ]
 

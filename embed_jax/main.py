@@ -20,6 +20,8 @@ from embed_jax.errors import UserError
 
 # name -> (module, one-line help). Later work registers its subcommands here.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "compare": ("embed_jax.cli.compare", "one row per run directory: the settings that differ, "
+                "steps, final loss and evaluation (--plot METRIC --by BINDING: a PNG)"),
     "config": ("embed_jax.cli.config", "print the gin config that the given files and overrides produce"),
     "data": ("embed_jax.cli.data", "show, measure or train a vocabulary for a data task"),
     "convert": ("embed_jax.cli.convert", "import a Hugging Face / sentence-transformers folder or "

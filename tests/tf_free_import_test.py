@@ -40,6 +40,11 @@ REQUIRED = [
     "embed_jax.evaluation.retrieval",
     "embed_jax.evaluation.tasks",
     "embed_jax.evaluation.report",
+    "embed_jax.evaluation.mining",
+    "embed_jax.evaluation.model_embed",
+    "embed_jax.cli.mine",
+    "embed_jax.models.lora",
+    "embed_jax.train.trainable",
     "embed_jax.evaluation.runner",
     "embed_jax.cli.eval",
     "embed_jax.cli.search",
@@ -54,6 +59,9 @@ REQUIRED = [
     "embed_jax.train.objective",
     "embed_jax.train.updater",
     "embed_jax.flops",
+    "embed_jax.api",
+    "embed_jax.cli.compare",
+    "embed_jax.checkpoints.model_card",
 ]
 # Checked once they exist (other issues add them).
 WHEN_PRESENT = [

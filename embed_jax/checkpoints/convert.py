@@ -38,6 +38,7 @@ TOKENIZER_FILE = "tokenizer.json"
 # sentence-transformers pooling_mode_* flags -> our pooling.
 _ST_POOLINGS = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls",
                 "pooling_mode_lasttoken": "last"}
+_ST_POOLING_NAMES = {"mean": "mean", "cls": "cls", "lasttoken": "last"}
 _ST_UNSUPPORTED_POOLINGS = ("pooling_mode_max_tokens", "pooling_mode_mean_sqrt_len_tokens",
                             "pooling_mode_weightedmean_tokens")
 _TEMPLATE_FIELDS = ("x_prefix", "x_suffix", "y_prefix", "y_suffix")
@@ -118,6 +119,10 @@ def _sentence_transformers(folder: Path, source: _Source) -> _Source:
     config = _read_json(folder / kinds["Pooling"]["path"] / "config.json")
     chosen = [ours for key, ours in _ST_POOLINGS.items() if config.get(key)]
     unsupported = [key for key in _ST_UNSUPPORTED_POOLINGS if config.get(key)]
+    if "pooling_mode" in config:  # sentence-transformers >= 6 writes the mode's name, not flags.
+      modes = config["pooling_mode"]
+      for mode in [modes] if isinstance(modes, str) else modes:
+        (chosen if mode in _ST_POOLING_NAMES else unsupported).append(_ST_POOLING_NAMES.get(mode, mode))
     if unsupported or len(chosen) != 1:
       raise HFConversionError(
           f"{folder / kinds['Pooling']['path'] / 'config.json'}: pooling {unsupported or chosen} "

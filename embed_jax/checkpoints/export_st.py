@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from embed_jax.checkpoints import model_dir
+from embed_jax.checkpoints import model_card, model_dir
 from embed_jax.checkpoints.hf_config import config_to_hf
 from embed_jax.checkpoints.hf_params import params_to_hf
 from embed_jax.errors import UserError
@@ -241,7 +241,8 @@ def _check_reproduces(folder: Path, loaded: model_dir.LoadedModel, sides: tuple[
 
 
 def export(model: str | Path, out: str | Path, *, side: str = "both",
-           max_length: int | None = None) -> list[Path]:
+           max_length: int | None = None, run_dir: str | Path | None = None,
+           results: dict[str, Any] | None = None) -> list[Path]:
   """Writes sentence-transformers folder(s) for a model directory; returns their paths.
 
   Args:
@@ -251,6 +252,9 @@ def export(model: str | Path, out: str | Path, *, side: str = "both",
     side: "x", "y" or "both".
     max_length: the exported max_seq_length; default the model's metadata
       `max_length`, else the encoder's max_length.
+    run_dir, results: the run whose config.gin and results.json the model card
+      (README.md, see `model_card`) describes; default the folder above
+      `model` when it is a run directory (RUN/final), and its results.json.
   """
   if side not in ("x", "y", "both"):
     raise ValueError(f"side must be 'x', 'y' or 'both', got {side!r}")
@@ -273,7 +277,7 @@ def export(model: str | Path, out: str | Path, *, side: str = "both",
       _write_hf_folder(Path(tmp), loaded, target_side, max_length)
       _check_reloaded_tokenizer(Path(tmp), loaded, target_side, max_length)
       model, custom = _sentence_transformer(Path(tmp), loaded, max_length, sides)
-      model.save(str(folder))
+      model.save(str(folder), create_model_card=False)
     try:
       if custom:
         _make_self_contained(folder)
@@ -281,4 +285,7 @@ def export(model: str | Path, out: str | Path, *, side: str = "both",
     except BaseException:
       shutil.rmtree(folder, ignore_errors=True)
       raise
+    model_card.write_model_card(loaded, folder, target_side,
+                                run_dir=run_dir or model_card.run_dir_of(loaded.directory),
+                                results=results)
   return list(targets.values())

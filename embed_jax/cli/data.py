@@ -2,7 +2,9 @@
 
     embed-jax data show  --gin_file=data/stdlib_code.gin [-n 5] [--task T] [--split S]
     embed-jax data stats --gin_file=data/stdlib_code.gin [--task T] [--split S]
+    embed-jax data stats --gin_file=data/vocab_minilm.gin --train_files 'pairs/*.jsonl' --x_field query --y_field positive
     embed-jax data train-vocab --output=vocab.model [--vocab_size=8000] [--input=FILE ...]
+    embed-jax data decontaminate --input 'pairs/*.jsonl' --against ../shared/datasets --out clean/
 
 `show` prints examples after preprocessing and truncation to the configured
 lengths, decoded with their delimiters; `stats` prints counts, token-length
@@ -19,6 +21,7 @@ import textwrap
 import numpy as np
 
 from embed_jax import gin_config
+from embed_jax.cli import user_files
 
 PERCENTILES = (50, 90, 99)
 
@@ -30,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   for sub in (show, stats):
     sub.add_argument("--task", help="task or mixture name (default: gin's DataConfig.task)")
     sub.add_argument("--split", help="split (default: gin's DataConfig.split)")
+    user_files.add_arguments(sub)
   show.add_argument("-n", "--num_examples", type=int, default=3, help="examples per task")
   vocab = actions.add_parser("train-vocab", help="train a SentencePiece vocabulary from a task or files")
   vocab.add_argument("--output", required=True, help="path of the .model file to write")
@@ -41,12 +45,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   vocab.add_argument("--y_field", default="y")
   vocab.add_argument("--task", help="task or mixture whose texts to use (default: gin's DataConfig.task)")
   vocab.add_argument("--split", default="train")
+  clean = actions.add_parser("decontaminate", help="drop pairs that duplicate evaluation texts")
+  clean.add_argument("--input", action="append", required=True,
+                     help="JSONL pair file or glob (repeatable); each file is written to --out under its name")
+  clean.add_argument("--against", default="../shared/datasets", help="the evaluation data folder")
+  clean.add_argument("--out", required=True, help="folder for the kept pairs and decontamination.json")
+  clean.add_argument("--x_field", default="x")
+  clean.add_argument("--y_field", default="y")
+  clean.add_argument("--negatives_field", action="append", default=[])
+  clean.add_argument("--ngram", type=int, default=8, help="words per n-gram of the near-duplicate test")
+  clean.add_argument("--threshold", type=float, default=0.8,
+                     help="n-gram containment (either way) at which a text is a near duplicate")
 
 
 def _configure(args: argparse.Namespace) -> None:
   # Register every configurable a data gin file may bind before parsing it.
   from embed_jax.data import pipeline, sentencepiece_training  # pylint: disable=import-outside-toplevel,unused-import
   gin_config.parse(args.gin_files, args.gin_bindings)
+  if args.action in ("show", "stats"):
+    user_files.apply(args)
 
 
 def _config(args: argparse.Namespace):
@@ -93,13 +110,14 @@ def _percentiles(lengths: np.ndarray) -> str:
 
 
 def _stats(args: argparse.Namespace) -> int:
-  from embed_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  from embed_jax.data import document_tasks, pipeline  # pylint: disable=import-outside-toplevel
   from embed_jax.data.sources import PairFileDataSource  # pylint: disable=import-outside-toplevel
   config = _config(args)
   print(f"task {config.task} split {config.split}: x_length={config.x_length}, y_length={config.y_length}")
   for task, rate in pipeline.tasks_and_rates(config.task):
     lengths = {"x": [], "y": [], "negatives": []}
     negative_counts = []
+    document_tasks.reset_counts(task.name)
     ds = task.get_dataset(None, split=config.split, shuffle=False, trim_output_features=False)
     for ex in ds.as_numpy_iterator():
       lengths["x"].append(len(ex["x"]))
@@ -108,10 +126,18 @@ def _stats(args: argparse.Namespace) -> int:
       negative_counts.append(len(ex["negatives"]))
     print(f"{task.name} (rate {rate:g}): {len(lengths['x'])} examples, "
           f"{sum(negative_counts)} negatives ({max(negative_counts, default=0)} at most per example)")
-    if isinstance(task.source, PairFileDataSource):
+    made = document_tasks.counts(task.name)
+    if made["documents"]:
+      print(f"  from {made['documents']} documents: {made['too_short']} too short, "
+            f"{made['without_pairs']} without a pair, {made['pairs']} pairs"
+            + (f", {made['decontaminated']} dropped as evaluation duplicates" if made["decontaminated"] else ""))
+    if isinstance(task.source, PairFileDataSource) and not task.source.streaming:
       skipped = task.source.records(config.split).skipped
       if skipped:
         print(f"  skipped {len(skipped)} bad lines or empty files (skip_bad_examples=True)")
+      report = task.source.decontamination_report(config.split)
+      if report is not None:
+        print(f"  decontamination: {report.line()}")
     for side, limit in (("x", config.x_length), ("y", config.y_length), ("negatives", config.y_length)):
       side_lengths = np.asarray(lengths[side])
       if side_lengths.size:
@@ -140,12 +166,61 @@ def _train_vocab(args: argparse.Namespace) -> int:
   return 0
 
 
+def _decontaminate(args: argparse.Namespace) -> int:
+  import json  # pylint: disable=import-outside-toplevel
+  import os  # pylint: disable=import-outside-toplevel
+  from embed_jax.data import decontamination, pair_files  # pylint: disable=import-outside-toplevel
+  found = decontamination.decontaminator(args.against, args.ngram, args.threshold)
+  if found is None:
+    raise pair_files.BadInputError(args.against, None, "no such evaluation data folder")
+  checker, missing = found
+  files = pair_files.expand_patterns(args.input)
+  os.makedirs(args.out, exist_ok=True)
+  fields = [args.x_field, args.y_field] + list(args.negatives_field)
+  report = {}
+  for path in files:
+    with open(path, encoding="utf-8") as f:
+      records = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+    texts = []
+    for n, line in records:
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise pair_files.BadInputError(path, n, f"malformed JSON ({e.msg} at column {e.colno})") from None
+      value = lambda f: record.get(f) if isinstance(record, dict) else None  # noqa: E731
+      texts.append([t for f in fields for t in ([value(f)] if isinstance(value(f), str) else value(f) or [])
+                    if isinstance(t, str)])
+    keep, file_report = decontamination.filter_pairs(texts, checker, missing)
+    target = os.path.join(args.out, os.path.basename(path))
+    if os.path.abspath(target) == os.path.abspath(path):
+      raise pair_files.BadInputError(target, None, "--out would overwrite the input")
+    with open(target, "w", encoding="utf-8") as f:
+      f.writelines(records[i][1] if records[i][1].endswith("\n") else records[i][1] + "\n" for i in keep)
+    print(f"{path} -> {target}: {file_report.line()}")
+    report[path] = file_report.as_dict()
+  with open(os.path.join(args.out, "decontamination.json"), "w", encoding="utf-8") as f:
+    json.dump({"against": os.path.abspath(args.against), "ngram": args.ngram, "threshold": args.threshold,
+               "files": report, **_totals(report)}, f, indent=1)
+  return 0
+
+
+def _totals(report: dict) -> dict:
+  dropped = {}
+  for r in report.values():
+    for k, v in r["dropped_per_eval_set"].items():
+      dropped[k] = dropped.get(k, 0) + v
+  first = next(iter(report.values()), {})
+  return {"kept": sum(r["kept"] for r in report.values()), "dropped": sum(dropped.values()),
+          "dropped_per_eval_set": dropped, "missing_eval_sets": first.get("missing_eval_sets", [])}
+
+
 def run(args: argparse.Namespace) -> int:
   from embed_jax import tokenization  # pylint: disable=import-outside-toplevel
   from embed_jax.data import pair_files  # pylint: disable=import-outside-toplevel
   _configure(args)
   try:
-    return {"show": _show, "stats": _stats, "train-vocab": _train_vocab}[args.action](args)
+    return {"show": _show, "stats": _stats, "train-vocab": _train_vocab,
+            "decontaminate": _decontaminate}[args.action](args)
   except (pair_files.BadInputError, tokenization.TokenizationError) as e:
     print(f"embed-jax data {args.action}: error: {e}", file=sys.stderr)
     return 1

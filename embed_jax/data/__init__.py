@@ -17,4 +17,12 @@ The only package of embed_jax that uses tensorflow (through seqio). Importing
   global_batches     host-local batches -> global `jax.Array`s sharded over the mesh (no tensorflow)
   packing            several texts per row: best-fit decreasing packing of one set of texts (no tensorflow)
   packed_batches     a host batch packed per (shard, chunk) group for the train step (no tensorflow)
+  documents          documents from text / JSONL files, read lazily and sharded by file (no tensorflow)
+  pair_builders      neighbouring / cropping / ict: (x, y) pairs from one document (no tensorflow)
+  document_sources   seqio sources of documents: files, any tfds dataset
+  document_tasks     document_task / tfds_task and the build_pairs preprocessor
+  code_corpus        code and docs pairs from any Python tree; python_code, python_docs (no tensorflow)
+  decontamination    dropping pairs that duplicate evaluation texts (no tensorflow)
+  pair_streams       pair files read line by line (no tensorflow)
+  streaming          streamed, resumable host batches for corpora larger than memory
 """

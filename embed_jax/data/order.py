@@ -6,7 +6,10 @@ num_shards blocks of B / num_shards rows, block v drawn from shard v. Each
 (task, shard) is read as an endless stream: epoch after epoch, each epoch a
 permutation of the shard seeded by (seed, task, shard, epoch). For a mixture,
 each row of block v at step k first picks its task at random with the mixture's
-rates, from a generator seeded by (seed, step, shard).
+rates, from a generator seeded by (seed, step, shard). With
+`same_source_batches`, the whole global batch at step k picks one task, from a
+generator seeded by (seed, step) alone, so every row of it (all shards, all
+processes) comes from that task (BGE's `same_dataset_within_batch`).
 
 So the order is fixed by the seed and the shard count alone, whatever the number
 of processes reading it: a process that owns shards [a, b) makes exactly rows
@@ -41,6 +44,18 @@ def task_key(name: str) -> int:
   return zlib.crc32(name.encode("utf-8"))
 
 
+def task_choices(seed: int, probabilities: np.ndarray, step: int, shard: int, rows: int,
+                 same_source_batches: bool = False) -> np.ndarray:
+  """Task index [rows] of each row of `shard`'s block at `step` (the mixture's draw)."""
+  if len(probabilities) == 1:
+    return np.zeros(rows, np.int64)
+  if same_source_batches:
+    rng = np.random.default_rng([seed, _MIXTURE_STREAM, step])
+    return np.full(rows, rng.choice(len(probabilities), p=probabilities), np.int64)
+  rng = np.random.default_rng([seed, _MIXTURE_STREAM, step, shard])
+  return rng.choice(len(probabilities), size=rows, p=probabilities)
+
+
 class ShardedOrder:
   """The order of examples for a task or mixture over `num_shards` shards.
 
@@ -52,11 +67,12 @@ class ShardedOrder:
     num_shards: total shard count (the same on every process).
     seed: the seed of every permutation and task choice.
     shuffle: permute each epoch (else the stream is the shard in order).
+    same_source_batches: each global batch draws all its rows from one task.
   """
 
   def __init__(self, tasks: Sequence[str], rates: Sequence[float],
                shard_sizes: Mapping[str, Mapping[int, int]], num_shards: int,
-               seed: int, shuffle: bool = True):
+               seed: int, shuffle: bool = True, same_source_batches: bool = False):
     if len(tasks) != len(rates) or not tasks:
       raise ValueError("need one rate per task, and at least one task")
     rates = np.asarray(rates, np.float64)
@@ -73,16 +89,14 @@ class ShardedOrder:
     self.num_shards = num_shards
     self.seed = int(seed)
     self.shuffle = shuffle
+    self.same_source_batches = bool(same_source_batches)
     self.step = 0
     self.consumed = {t: [0] * num_shards for t in tasks}
     self._permutations: dict[tuple[str, int], tuple[int, np.ndarray]] = {}
 
   def _task_choices(self, step: int, shard: int, rows: int) -> np.ndarray:
     """Task index of each of `rows` rows of `shard`'s block at `step`."""
-    if len(self.tasks) == 1:
-      return np.zeros(rows, np.int64)
-    rng = np.random.default_rng([self.seed, _MIXTURE_STREAM, step, shard])
-    return rng.choice(len(self.tasks), size=rows, p=self.probabilities)
+    return task_choices(self.seed, self.probabilities, step, shard, rows, self.same_source_batches)
 
   def _permutation(self, task: str, shard: int, epoch: int) -> np.ndarray:
     cached = self._permutations.get((task, shard))
@@ -136,14 +150,15 @@ class ShardedOrder:
   def get_state(self) -> dict:
     """JSON-serialisable position: the next step gives the next unseen examples."""
     return {"format": STATE_FORMAT, "seed": self.seed, "num_shards": self.num_shards,
-            "step": self.step, "consumed": {t: list(c) for t, c in self.consumed.items()}}
+            "same_source_batches": self.same_source_batches, "step": self.step, "consumed": {t: list(c) for t, c in self.consumed.items()}}
 
   def set_state(self, state: Mapping) -> None:
     """Continues from a `get_state()` of an order with the same seed, shards and tasks."""
     if state.get("format") != STATE_FORMAT:
       raise StateMismatchError(f"not an iterator state of {STATE_FORMAT}: {state.get('format')!r}")
-    for key, mine in (("seed", self.seed), ("num_shards", self.num_shards)):
-      if state[key] != mine:
+    for key, mine in (("seed", self.seed), ("num_shards", self.num_shards),
+                      ("same_source_batches", self.same_source_batches)):
+      if state.get(key, False) != mine:
         raise StateMismatchError(f"saved state has {key}={state[key]}, this iterator {key}={mine}")
     if sorted(state["consumed"]) != sorted(self.tasks):
       raise StateMismatchError(

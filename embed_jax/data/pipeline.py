@@ -28,7 +28,9 @@ import seqio
 
 from embed_jax import partitioning, tokenization
 from embed_jax.data import batch_format, global_batches, order as order_lib
+from embed_jax.data import document_tasks
 from embed_jax.data import tasks as _tasks  # pylint: disable=unused-import  # Registers the built-in tasks.
+from embed_jax.errors import ConfigError
 from embed_jax.data.feature_converter import PairFeatureConverter
 from embed_jax.data.vocabularies import TemplateVocabulary
 
@@ -53,6 +55,9 @@ class DataConfig:
     shuffle: a new permutation each epoch (False: file order, e.g. for evaluation).
     num_shards: shards of each task; None = one per process. Keep it fixed to
       resume on a different number of processes with the same order.
+    streaming: read each shard as a stream (`streaming.StreamingPairBatchIterator`)
+      instead of holding the process's share in memory: for corpora larger than
+      memory (document and tfds tasks, `file_task(streaming=True)`).
   """
 
   task: str
@@ -64,6 +69,7 @@ class DataConfig:
   seed: int = 0
   shuffle: bool = True
   num_shards: int | None = None
+  streaming: bool = False
 
 
 def tasks_and_rates(name: str) -> list[tuple[seqio.Task, float]]:
@@ -123,8 +129,11 @@ def materialize(task: seqio.Task, config: DataConfig, shard: int, num_shards: in
   ds = converted_dataset(task, config, shard, num_shards).batch(_MATERIALIZE_BATCH)
   chunks = list(ds.as_numpy_iterator())
   if not chunks:
-    raise ValueError(f"task {task.name!r} split {config.split!r} has no examples in shard "
-                     f"{shard} of {num_shards}; use fewer shards")
+    made = document_tasks.counts(task.name)
+    why = (f" ({made['documents']} documents read, {made['too_short']} too short for the pair "
+           f"builder, {made['without_pairs']} without a pair)" if made["documents"] else "")
+    raise ConfigError(f"task {task.name!r} split {config.split!r} has no usable examples in shard "
+                      f"{shard} of {num_shards}{why}; use fewer shards or other data")
   features = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
   truncated = {"x": int(features.pop("x_truncated").sum()), "y": int(features.pop("y_truncated").sum())}
   if config.num_negatives:
@@ -178,7 +187,8 @@ class PairBatchIterator:
     self.order = order_lib.ShardedOrder(
         [t.name for t, _ in tasks_rates], [r for _, r in tasks_rates],
         {name: {v: table.size for v, table in shards.items()} for name, shards in self.tables.items()},
-        self.num_shards, config.seed, config.shuffle)
+        self.num_shards, config.seed, config.shuffle,
+        same_source_batches=_tasks.same_source_batches(config.task))
     log.info("%s", self.truncation_report())
 
   def truncation_report(self) -> str:
@@ -242,4 +252,13 @@ def global_batch_iterator(mesh: jax.sharding.Mesh, config: DataConfig | None = N
 
   transform: the iterator's host-batch transform (e.g. packing), or None.
   """
-  return global_batches.GlobalBatchIterator(PairBatchIterator(config), mesh, rules, transform)
+  return global_batches.GlobalBatchIterator(host_batch_iterator(config), mesh, rules, transform)
+
+
+def host_batch_iterator(config: DataConfig | None = None):
+  """`PairBatchIterator`, or with `config.streaming` a `StreamingPairBatchIterator` (gin's config if None)."""
+  config = config if config is not None else DataConfig()  # pylint: disable=no-value-for-parameter
+  if config.streaming:
+    from embed_jax.data import streaming  # pylint: disable=import-outside-toplevel
+    return streaming.StreamingPairBatchIterator(config)
+  return PairBatchIterator(config)

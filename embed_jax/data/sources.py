@@ -11,6 +11,7 @@ Examples have string features `x`, `y` and `negatives` (a possibly empty list).
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 
@@ -18,9 +19,27 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from embed_jax.data import pair_files
+from embed_jax.data import pair_files, pair_streams
+from embed_jax.errors import ConfigError
 
 Patterns = str | Sequence[str]
+
+
+def _decontaminated(records: pair_files.PairRecords, against: str):
+  """(records without the pairs that duplicate evaluation texts, report); unchanged if no data."""
+  from embed_jax.data import decontamination  # pylint: disable=import-outside-toplevel
+  found = decontamination.decontaminator(against)
+  if found is None:
+    return records, decontamination.Report(kept=len(records), missing_sets=["(no folder)"])
+  checker, missing = found
+  keep, report = decontamination.filter_pairs(
+      ([x, y] + negatives for x, y, negatives in zip(records.x, records.y, records.negatives)),
+      checker, missing)
+  if report.dropped:
+    logging.getLogger(__name__).info("decontaminated against %s: %s", against, report.line())
+  kept = pair_files.PairRecords([records.x[i] for i in keep], [records.y[i] for i in keep],
+                                [records.negatives[i] for i in keep], list(records.skipped))
+  return kept, report
 
 
 class PairFileDataSource(seqio.DataSource):
@@ -32,13 +51,27 @@ class PairFileDataSource(seqio.DataSource):
     format: 'jsonl' | 'tsv', or None to tell from each file's suffix.
     skip_bad_examples: skip and count bad lines; None takes the gin macro
       `skip_bad_examples` at read time.
+    decontaminate_against: an evaluation data folder (as `embed-jax eval
+      --data_dir`): pairs duplicating its texts are dropped (`decontamination`);
+      None keeps every pair.
+    streaming: read the files lazily, line by line, in file order (for files
+      larger than memory; `pair_streams`), never whole; `shuffle` then permutes
+      only the order of files. Not with `decontaminate_against`.
   """
 
   def __init__(self, split_to_patterns: Mapping[str, Patterns | Callable[[], Patterns]],
                fields: pair_files.PairFields = pair_files.PairFields(),
                format: str | None = None,  # pylint: disable=redefined-builtin
-               skip_bad_examples: bool | None = None):
+               skip_bad_examples: bool | None = None,
+               decontaminate_against: str | None = None,
+               streaming: bool = False):
+    if streaming and decontaminate_against:
+      raise ConfigError("a streaming pair-file source cannot be decontaminated on the fly; "
+                        "run `embed-jax data decontaminate` on the files first")
+    self.streaming = streaming
     self._split_to_patterns = dict(split_to_patterns)
+    self.decontaminate_against = decontaminate_against
+    self._clean: dict[str, tuple] = {}  # split -> (records read, records kept, report)
     self.fields = fields
     self._format = format
     self._skip_bad_examples = skip_bad_examples
@@ -52,8 +85,22 @@ class PairFileDataSource(seqio.DataSource):
 
   def records(self, split: str) -> pair_files.PairRecords:
     """Every pair of the split, as Python strings (read once until a file changes)."""
-    return pair_files.read_pairs_cached(
+    records = pair_files.read_pairs_cached(
         self._patterns(split), self.fields, self._format, self._skip_bad_examples)
+    if not self.decontaminate_against:
+      return records
+    cached = self._clean.get(split)
+    if cached is None or cached[0] is not records:
+      cached = (records,) + _decontaminated(records, self.decontaminate_against)
+      self._clean[split] = cached
+    return cached[1]
+
+  def decontamination_report(self, split: str):
+    """The `decontamination.Report` of the split, or None without `decontaminate_against`."""
+    if not self.decontaminate_against:
+      return None
+    self.records(split)
+    return self._clean[split][2]
 
   @property
   def supports_arbitrary_sharding(self) -> bool:
@@ -70,8 +117,23 @@ class PairFileDataSource(seqio.DataSource):
       out[path] = [stat.st_size, stat.st_mtime_ns]
     return out
 
-  def num_input_examples(self, split: str) -> int:
-    return len(self.records(split))
+  def num_input_examples(self, split: str) -> int | None:
+    return None if self.streaming else len(self.records(split))
+
+  def _streamed(self, split, shuffle, seed, shard_info) -> tf.data.Dataset:
+    files = self.list_shards(split)
+    if shuffle:
+      files = [files[i] for i in np.random.default_rng(seed).permutation(len(files))]
+    shard, count = (shard_info.index, shard_info.num_shards) if shard_info else (0, 1)
+    fields, format, skip = self.fields, self._format, self._skip_bad_examples  # pylint: disable=redefined-builtin
+
+    def generate():
+      for x, y, negatives in pair_streams.iter_pairs(files, fields, format, skip, shard, count):
+        yield {"x": x, "y": y, "negatives": negatives}
+
+    return tf.data.Dataset.from_generator(generate, output_signature={
+        "x": tf.TensorSpec([], tf.string), "y": tf.TensorSpec([], tf.string),
+        "negatives": tf.TensorSpec([None], tf.string)})
 
   def get_dataset(
       self,
@@ -86,6 +148,8 @@ class PairFileDataSource(seqio.DataSource):
   ) -> tf.data.Dataset:
     """The split's examples (of one shard), in file order unless `shuffle`."""
     del sequence_length, use_cached, num_epochs
+    if self.streaming:
+      return self._streamed(split, shuffle, seed, shard_info)
     records = self.records(split)
     index = np.arange(len(records))
     if shard_info is not None:

@@ -5,6 +5,10 @@ Importing this module registers:
   stdlib_code           (docstring paragraph, function source) from the local stdlib (cpt-code)
   stdlib_text           neighbouring paragraphs of help topics and module docstrings (cpt-text)
   stdlib_code_and_text  mixture of both, rates proportional to their sizes
+  python_code           (docstring paragraph, function) from the stdlib and site-packages,
+                        numpy, scipy and tests excluded, decontaminated (`code_corpus`)
+  python_docs           neighbouring paragraphs of their module docstrings, the installed
+                        distributions' descriptions and the help topics
 
 Every task has output features `x`, `y` and `negatives`, tokenised by
 `ConfiguredVocabulary` (gin's `text_encoder`), delimiters included. T5X-style
@@ -44,7 +48,7 @@ import gin
 import seqio
 import tensorflow as tf
 
-from embed_jax.data import pair_files, preprocessors, stdlib_corpus, vocabularies
+from embed_jax.data import code_corpus, pair_files, preprocessors, stdlib_corpus, vocabularies
 from embed_jax.data.sources import PairFileDataSource
 from embed_jax.errors import ConfigError
 
@@ -94,10 +98,26 @@ def task_prompts(name: str) -> dict[str, str]:
   return dict(found[names[0]]) if names else {}
 
 
-def register_mixture(name: str, tasks: Sequence[tuple[str, float] | str], default_rate=None) -> seqio.Mixture:
-  """Registers (replacing any mixture of that name) a seqio Mixture with rates."""
+_SAME_SOURCE_MIXTURES: set[str] = set()
+
+
+def same_source_batches(name: str) -> bool:
+  """True for a mixture registered with `same_source_batches=True`."""
+  return name in _SAME_SOURCE_MIXTURES
+
+
+def register_mixture(name: str, tasks: Sequence[tuple[str, float] | str], default_rate=None,
+                     same_source_batches: bool = False) -> seqio.Mixture:
+  """Registers (replacing any mixture of that name) a seqio Mixture with rates.
+
+  same_source_batches: every global batch draws all its rows from one task
+  (chosen with the rates), so in-batch negatives are of one kind.
+  """
   if name in seqio.MixtureRegistry.names():
     seqio.MixtureRegistry.remove(name)
+  _SAME_SOURCE_MIXTURES.discard(name)
+  if same_source_batches:
+    _SAME_SOURCE_MIXTURES.add(name)
   return seqio.MixtureRegistry.add(name, [tuple(t) if isinstance(t, list) else t for t in tasks],
                                    default_rate=default_rate)
 
@@ -111,6 +131,8 @@ def file_task(name: str = gin.REQUIRED,
               x_field: str = "x",
               y_field: str = "y",
               negatives_field: str | Sequence[str] = (),
+              decontaminate_against: str | None = None,
+              streaming: bool = False,
               x_prompt: str = "",
               y_prompt: str = "") -> str:
   """Registers a task reading the user's JSONL / TSV files; returns its name.
@@ -121,6 +143,12 @@ def file_task(name: str = gin.REQUIRED,
     format: 'jsonl' | 'tsv'; None tells each file's format from its suffix.
     x_field, y_field: JSON field / TSV column of the query (x) and positive (y).
     negatives_field: field(s) or column(s) of hard negatives (JSONL: string or list).
+    decontaminate_against: an evaluation data folder (e.g. '../shared/datasets'):
+      pairs whose x, y or a negative duplicates one of its texts are dropped
+      (`decontamination`: exact after case/whitespace normalisation, or 80% of
+      word 8-grams either way); a missing folder drops nothing.
+    streaming: read the files lazily, never whole (files larger than memory;
+      use with `DataConfig.streaming = True`).
     x_prompt, y_prompt: an instruction put before each x (y and negative) text.
   """
   splits = {s: p for s, p in (("train", train), ("validation", validation), ("test", test)) if p}
@@ -128,7 +156,9 @@ def file_task(name: str = gin.REQUIRED,
     raise ValueError(f"file_task {name!r}: give files for at least one of train, validation, test")
   negatives = (negatives_field,) if isinstance(negatives_field, str) else tuple(negatives_field)
   fields = pair_files.PairFields(x=x_field, y=y_field, negatives=negatives)
-  register_pair_task(name, PairFileDataSource(splits, fields, format),
+  register_pair_task(name, PairFileDataSource(splits, fields, format,
+                                              decontaminate_against=decontaminate_against,
+                                              streaming=streaming),
                      prompts={"x": x_prompt, "y": y_prompt})
   return name
 
@@ -146,9 +176,14 @@ def prompted_task(name: str = gin.REQUIRED, task: str = gin.REQUIRED, x_prompt: 
 
 
 @gin.configurable
-def mixture(name: str = gin.REQUIRED, tasks: Sequence = gin.REQUIRED) -> str:
-  """Registers a mixture of tasks with rates, `[(task_name, rate), ...]`; returns its name."""
-  register_mixture(name, tasks)
+def mixture(name: str = gin.REQUIRED, tasks: Sequence = gin.REQUIRED,
+            same_source_batches: bool = False) -> str:
+  """Registers a mixture of tasks with rates, `[(task_name, rate), ...]`; returns its name.
+
+  same_source_batches: each global batch comes from one task (drawn with the
+  rates), as BGE's `same_dataset_within_batch`; else every row draws its task.
+  """
+  register_mixture(name, tasks, same_source_batches=same_source_batches)
   return name
 
 
@@ -156,10 +191,17 @@ def _stdlib_split(corpus: str, split: str) -> str:
   return stdlib_corpus.corpus_file(corpus, split)
 
 
+def _python_split(corpus: str, split: str) -> str:
+  return code_corpus.corpus_file(corpus, split)
+
+
 def register_builtin_tasks() -> None:
-  """Registers stdlib_code, stdlib_text and their mixture (corpora extracted on first read)."""
+  """Registers the built-in tasks and their mixture (corpora extracted on first read)."""
   for corpus in stdlib_corpus.CORPORA:
     splits = {split: functools.partial(_stdlib_split, corpus, split) for split in SPLITS}
+    register_pair_task(corpus, PairFileDataSource(splits, skip_bad_examples=False))
+  for corpus in code_corpus.CORPORA:
+    splits = {split: functools.partial(_python_split, corpus, split) for split in SPLITS}
     register_pair_task(corpus, PairFileDataSource(splits, skip_bad_examples=False))
   register_mixture("stdlib_code_and_text", list(stdlib_corpus.CORPORA),
                    default_rate=seqio.mixing_rate_num_examples)

@@ -1,5 +1,8 @@
 """Training: state, optimizer, the (GradCache) train step, checkpoints, metrics, the loop.
 
+The package is also callable: `embed_jax.train(gin_files=..., overrides=..., model_dir=...)`
+runs `embed_jax.api.runs.train` (the public API).
+
   optimizer      AdamW with warmup then cosine/linear decay, clipping, weight-decay mask
   state          TrainState and its shardings
   objective      the dual encoder + its loss: embed a batch part, score the global batch
@@ -17,3 +20,21 @@
 
 Only `trainer` (through the data pipeline) may import tensorflow.
 """
+
+import sys as _sys
+import types as _types
+
+
+class _CallablePackage(_types.ModuleType):
+  """`embed_jax.train` is this package and the public `embed_jax.train(...)` function at once.
+
+  Importing a submodule (`embed_jax.train.trainer`) makes the package the
+  attribute `train` of `embed_jax`, so the public function is the package's call.
+  """
+
+  def __call__(self, *args, **kwargs):
+    from embed_jax.api.runs import train  # pylint: disable=import-outside-toplevel
+    return train(*args, **kwargs)
+
+
+_sys.modules[__name__].__class__ = _CallablePackage

@@ -130,13 +130,16 @@ def _tokenizer_source(text_encoder) -> tuple[str, dict]:
   return text_encoder.tokenizer.name, templates
 
 
-def export_final(final: epath.Path, model_dir: epath.Path) -> epath.Path:
-  """Exports the final model for sentence-transformers into `model_dir/sentence_transformers`."""
+def export_final(final: epath.Path, model_dir: epath.Path, results: dict | None = None) -> epath.Path:
+  """Exports the final model for sentence-transformers into `model_dir/sentence_transformers`.
+
+  `results` (the run's summary so far) goes into the export's model card.
+  """
   from embed_jax.checkpoints import export_st  # pylint: disable=import-outside-toplevel
   target = model_dir / EXPORT_DIR
   if jax.process_index() == 0:
     shutil.rmtree(target, ignore_errors=True)
-    export_st.export(final, target)
+    export_st.export(final, target, run_dir=model_dir, results=results)
   partitioning.barrier("embed_jax_export_final")
   return target
 
@@ -509,13 +512,14 @@ def train(
       final = write_final(model_dir, config, final_params, tokenizer_path, templates, metadata,
                           extra, prompts)
       summary["final_model"] = str(final)
-      if export_sentence_transformers:
-        summary["export"] = str(export_final(epath.Path(final), model_dir))
       summary["final_eval"] = evaluate(state.params)
       if summary["final_eval"]:
         writer.write(step, summary["final_eval"], split="eval")
       if compare_bm25 and eval_code_search:
         summary["bm25_eval"] = evaluate.bm25()
+      if export_sentence_transformers:  # After the evaluation, which its model card shows.
+        summary["export"] = str(export_final(epath.Path(final), model_dir,
+                                             results_of(summary, model_dir, started)))
       if jax.process_index() == 0:
         run_config.write_config(model_dir, gin.operative_config_str())
         run_config.write_results(model_dir, results_of(summary, model_dir, started))

@@ -1,5 +1,6 @@
 """`embed-jax data show | stats | train-vocab`, run in-process on real data."""
 
+import gin
 import pytest
 
 from embed_jax import gin_config, main
@@ -79,3 +80,35 @@ def test_bad_input_is_reported_by_file_and_line(tmp_path, sentencepiece_path, ca
   gin_config.reset()  # A second command in the same process.
   assert main.main(["data", "stats", "--gin.skip_bad_examples=True"] + flags) == 0
   assert "bad (rate 1): 1 examples" in capsys.readouterr().out
+
+
+def test_stats_and_show_read_train_files_without_a_gin_task(tmp_path, sentencepiece_path, capsys, write_jsonl):
+  data = write_jsonl(tmp_path / "qa.jsonl", [{"query": f"question {i} about lists", "positive": f"answer {i}"}
+                                             for i in range(7)])
+  common = ["--train_files", data, "--x_field", "query", "--y_field", "positive",
+            "--gin.text_encoder.sentencepiece_model=" + sentencepiece_path]
+  assert main.main(["data", "stats"] + common) == 0
+  assert "user_files (rate 1): 7 examples" in capsys.readouterr().out
+  gin.clear_config()
+  assert main.main(["data", "show", "-n", "1"] + common) == 0
+  out = capsys.readouterr().out
+  assert "== user_files[train]" in out and "question 0 about lists" in out
+
+
+def test_stats_counts_documents_of_a_document_task(tmp_path, sentencepiece_path, capsys):
+  for k in range(3):
+    (tmp_path / f"d{k}.txt").write_text("\n\n".join(" ".join(f"w{k}{p}{i}" for i in range(9)) for p in range(3)))
+  (tmp_path / "short.txt").write_text("tiny\n")
+  config = tmp_path / "docs.gin"
+  config.write_text(f"""
+import embed_jax.data.pipeline
+import embed_jax.data.document_tasks
+text_encoder.sentencepiece_model = '{sentencepiece_path}'
+docs/document_task.name = 'cli_docs'
+docs/document_task.train = '{tmp_path}/*.txt'
+DataConfig.task = @docs/document_task()
+""")
+  assert main.main(["data", "stats", f"--gin_file={config}"]) == 0
+  out = capsys.readouterr().out
+  assert "cli_docs (rate 1): 6 examples" in out
+  assert "from 4 documents: 1 too short, 0 without a pair, 6 pairs" in out

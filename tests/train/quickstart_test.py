@@ -51,5 +51,7 @@ def test_short_quickstart_runs_end_to_end(tmp_path, capsys):
   texts = ["Return the sum of a and b.", "def add(a, b):\n    return a + b", ""]
   theirs = SentenceTransformer(str(model_dir / "sentence_transformers"), device="cpu").encode(
       texts, normalize_embeddings=True)
-  ours = embedding.embed_with_model(model, texts, side="y")
+  # The export computes in float32; the run may have computed in bfloat16 (compute_dtype 'auto').
+  exact = model_dir_lib.load_model(model_dir / "final", compute_dtype="float32")
+  ours = embedding.embed_with_model(exact, texts, side="y")
   np.testing.assert_allclose(ours, theirs, atol=1e-4)

@@ -281,7 +281,7 @@ def test_kill_storm_resumes_to_the_uninterrupted_run(tmp_path, minilm_tokenizer_
   kills, inside_save = 0, 0
   log = open(tmp_path / "log.txt", "w", encoding="utf-8")  # pylint: disable=consider-using-with
   try:
-    while kills < 6:
+    while kills < 3:
       proc = h.start(run, minilm_tokenizer_json, extra=extra, log=log, steps=steps)
       target = h.train_lines(run) + rng.randint(1, 3)
       if kills % 2:  # Kill as soon as a checkpoint is being written.
@@ -301,7 +301,7 @@ def test_kill_storm_resumes_to_the_uninterrupted_run(tmp_path, minilm_tokenizer_
     if proc.poll() is None:
       proc.kill()
     log.close()
-  assert kills >= 5 and inside_save >= 1, (kills, inside_save)
+  assert kills == 3 and inside_save >= 1, (kills, inside_save)
   h.assert_same_run(reference, run, steps=steps)
   got, want = h.records(run), h.records(reference)
   assert [(r["step"], r["split"]) for r in got] == [(r["step"], r["split"]) for r in want]

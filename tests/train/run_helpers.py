@@ -37,7 +37,7 @@ def bindings(tokenizer_json, steps=STEPS):
       "DecoderConfig.dropout_rate=0.1",
       f"train.steps={steps}", "train.data_source='synthetic'", "train.checkpoint_every=2",
       "train.keep=3", "train.log_every=1", "train.eval_code_search=False", "train.progress=False",
-      "train.tensorboard=False",
+      "train.tensorboard=False", "train.compute_dtype='float32'",
       "SyntheticPairs.batch_size=16", "SyntheticPairs.x_length=16", "SyntheticPairs.y_length=16",
       "SyntheticPairs.num_negatives=1",
       "ContrastiveObjective.loss_impl='reference'",
