@@ -4,6 +4,11 @@ Texts are tokenised once, ordered by token count so each batch pads little,
 padded to a small set of bucket lengths (so few shapes compile), split over the
 mesh's batch axes, and returned in input order. Used by `embed-jax embed`,
 evaluation, search and the training loop's evaluation hook.
+
+A prompt (a task instruction) is put before each text, which is then tokenised
+as one string (as sentence-transformers does); the template's prefix and the
+prompt's own tokens (`prompt_token_count`) are left out of mean and latent
+pooling. A model directory's stored prompts are applied by `embed_with_model`.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from embed_jax import partitioning, tokenization
+from embed_jax.errors import UserError
 from embed_jax.models.dual_encoder import DualEncoder
 
 _MIN_BUCKET = 16
@@ -36,15 +42,41 @@ def bucket_length(length: int, max_length: int) -> int:
   return min(bucket, max_length)
 
 
+class PromptError(UserError):
+  """A prompt that does not fit the side's max length."""
+
+
+def prompt_token_count(text_encoder: tokenization.TextEncoder, side: str, prompt: str) -> int:
+  """Tokens before the text's own when `prompt` is put before it: the template's prefix and
+  the prompt's tokens (0 without a prompt). Mean and latent pooling leave these out."""
+  if not prompt:
+    return 0
+  return len(text_encoder.template(side).prefix_ids) + len(
+      text_encoder.tokenizer.encode_batch([prompt])[0])
+
+
+def check_prompt(text_encoder: tokenization.TextEncoder, side: str, prompt: str,
+                 max_length: int) -> int:
+  """`prompt_token_count`, after checking that the prompt leaves room for text in max_length."""
+  count = prompt_token_count(text_encoder, side, prompt)
+  if prompt and count + len(text_encoder.template(side).suffix_ids) >= max_length:
+    raise PromptError(
+        f"the prompt of side {side} ({prompt!r}) takes {count} tokens with the template, leaving "
+        f"no room for text in max_length {max_length}")
+  return count
+
+
 @functools.lru_cache(maxsize=16)
 def _embed_fn(module: DualEncoder, side: str, mesh: Mesh | None,
-              rules: partitioning.LogicalRules | None) -> Callable:
-  def embed(params, tokens, mask):
-    return module.apply({"params": params}, tokens, mask, side=side, method=DualEncoder.embed)
+              rules: partitioning.LogicalRules | None, num_layers: int | None = None) -> Callable:
+  def embed(params, tokens, mask, prompt_length):
+    return module.apply({"params": params}, tokens, mask, side=side, prompt_length=prompt_length,
+                        num_layers=num_layers, method=DualEncoder.embed)
   if mesh is None:
     return jax.jit(embed)
   batch = partitioning.batch_sharding(mesh, 2, rules)
-  return jax.jit(embed, in_shardings=(None, batch, batch),
+  rows = partitioning.batch_sharding(mesh, 1, rules)
+  return jax.jit(embed, in_shardings=(None, batch, batch, rows),
                  out_shardings=batch)
 
 
@@ -60,6 +92,8 @@ def embed_texts(
     mesh: Mesh | None = None,
     rules: partitioning.LogicalRules | None = None,
     progress: bool | str = False,
+    prompt: str = "",
+    num_layers: int | None = None,
 ) -> np.ndarray:
   """Embeds `texts` as side `side`: float32 [len(texts), d], rows in input order.
 
@@ -73,17 +107,23 @@ def embed_texts(
       keeping the closing delimiter); default the encoder's max_length.
     mesh: shard each batch over its batch axes; None = the default device.
     progress: show a progress bar (a string is used as its label).
+    prompt: put before every text (see the module docstring); "" = none.
+    num_layers: embed with the first N layers only (2D Matryoshka); None = all.
   """
   for i, text in enumerate(texts):
     if not isinstance(text, str):
       raise TypeError(f"text {i} is {type(text).__name__}, not str")
   max_length = max_length or module.config.encoder.max_length
   max_length = min(max_length, module.config.encoder.max_length)
-  ids, _ = text_encoder.encode_ids(list(texts), side, max_length)
+  module.config.check_num_layers(num_layers)
+  prompt_length = check_prompt(text_encoder, side, prompt, max_length)
+  ids, _ = text_encoder.encode_ids([prompt + t for t in texts] if prompt else list(texts), side,
+                                   max_length)
   multiple = partitioning.batch_size_multiple(mesh, rules) if mesh is not None else 1
   batch_size = -(-max(batch_size, 1) // multiple) * multiple
   order = np.argsort([len(row) for row in ids], kind="stable")
-  fn = _embed_fn(module, side, mesh, rules)
+  prompt_lengths = np.full((batch_size,), prompt_length, np.int32)
+  fn = _embed_fn(module, side, mesh, rules, num_layers)
   out: np.ndarray | None = None
   starts = range(0, len(ids), batch_size)
   if progress:
@@ -101,7 +141,8 @@ def embed_texts(
       mask[j, :len(ids[r])] = 1
     # Dispatch is asynchronous: keep the previous batch's result on device until
     # this one is queued, so the host tokenises/pads while the device computes.
-    pending.append((rows, fn(params, jnp.asarray(tokens), jnp.asarray(mask))))
+    pending.append((rows, fn(params, jnp.asarray(tokens), jnp.asarray(mask),
+                             jnp.asarray(prompt_lengths))))
     if len(pending) > 1:
       out = _store(out, *pending.pop(0), len(ids))
   for rows, result in pending:
@@ -109,7 +150,8 @@ def embed_texts(
   if out is None:
     dim = jax.eval_shape(
         lambda: _embed_fn(module, side, None, None)(
-            params, jnp.zeros((1, 2), jnp.int32), jnp.ones((1, 2), jnp.int32))).shape[-1]
+            params, jnp.zeros((1, 2), jnp.int32), jnp.ones((1, 2), jnp.int32),
+            jnp.zeros((1,), jnp.int32))).shape[-1]
     return np.zeros((0, dim), np.float32)
   return out
 
@@ -123,5 +165,33 @@ def _store(out: np.ndarray | None, rows: np.ndarray, result: jax.Array, total: i
 
 
 def embed_with_model(model: Any, texts: Sequence[str], *, side: str = "x", **kwargs) -> np.ndarray:
-  """`embed_texts` with a `model_dir.LoadedModel`'s module, params and text encoder."""
+  """`embed_texts` with a `model_dir.LoadedModel`'s module, params and text encoder.
+
+  The model's prompt of `side` and its `num_layers` apply unless given.
+  """
+  kwargs.setdefault("prompt", model.prompts.get(side, ""))
+  kwargs.setdefault("num_layers", model.num_layers)
   return embed_texts(model.module, model.params, model.text_encoder, texts, side=side, **kwargs)
+
+
+def prompt_lengths_transform(text_encoder: tokenization.TextEncoder, prompts: dict[str, str],
+                             lengths: dict[str, int]) -> Callable | None:
+  """A host-batch transform adding `{s}_prompt_length` (int32, one per text) for s in x, y, neg.
+
+  Training data has each side's prompt put before its texts (`data.tasks`);
+  these counts let the model leave those tokens out of mean and latent pooling.
+  None when no side has a prompt. lengths: side -> its max length (checked).
+  """
+  if not any(prompts.values()):
+    return None
+  counts = {side: check_prompt(text_encoder, side, prompts.get(side, ""), lengths[side])
+            for side in ("x", "y")}
+  counts["neg"] = counts["y"]
+
+  def add(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    batch = dict(batch)
+    for side, count in counts.items():
+      if f"{side}_tokens" in batch:
+        batch[f"{side}_prompt_length"] = np.full(batch[f"{side}_tokens"].shape[:-1], count, np.int32)
+    return batch
+  return add

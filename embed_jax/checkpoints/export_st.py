@@ -14,11 +14,23 @@ last real token, as the template puts it there and padding is on the right),
 last -> `lasttoken`, mean -> `mean`, cls -> `cls`; a projection becomes a Dense
 module without bias. The folder is assembled from sentence-transformers' own
 modules and saved by it, so it loads in the version that wrote it.
+
+What its own modules cannot express comes from `st_modules.py`, copied into
+the folder as `embed_jax_modules.py` (load with `trust_remote_code=True`): a
+bidirectional decoder (`DecoderConfig.causal=False`), latent-attention pooling,
+and mean pooling whose prompt token count differs from sentence-transformers'.
+The model's prompts become the folder's `prompts` ("x", "y"; a one-side folder
+applies its side's by default), with `include_prompt=False` for mean and latent
+pooling. After writing, the folder is loaded back and must reproduce the
+model's embeddings of `PROBE_TEXTS` (cosine >= 0.9999), else it is removed and
+the export refused.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -29,8 +41,11 @@ from embed_jax.checkpoints import model_card, model_dir
 from embed_jax.checkpoints.hf_config import config_to_hf
 from embed_jax.checkpoints.hf_params import params_to_hf
 from embed_jax.errors import UserError
+from embed_jax.models.transformer import DecoderConfig
 
 ST_POOLING = {"eos": "lasttoken", "last": "lasttoken", "mean": "mean", "cls": "cls"}
+CUSTOM_MODULE_FILE = "embed_jax_modules.py"
+MIN_COSINE = 0.9999
 # Probe texts whose ids the exported tokenizer must reproduce exactly.
 PROBE_TEXTS = ("", "Hello, world!", "def add(a, b):\n    return a + b  # sum")
 
@@ -93,7 +108,9 @@ def _write_hf_folder(folder: Path, loaded: model_dir.LoadedModel, side: str, max
   from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
   folder.mkdir(parents=True, exist_ok=True)
   encoder = loaded.config.encoder
-  (folder / "config.json").write_text(json.dumps(config_to_hf(encoder), indent=2) + "\n")
+  # A bidirectional decoder is written as its causal twin; BidirectionalTransformer drops the mask.
+  hf_encoder = dataclasses.replace(encoder, causal=True) if bidirectional(loaded) else encoder
+  (folder / "config.json").write_text(json.dumps(config_to_hf(hf_encoder), indent=2) + "\n")
   params = model_dir.params_to_numpy(loaded.params)
   tensors = params_to_hf(encoder, params["encoder"])
   save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(folder / "model.safetensors"))
@@ -102,24 +119,82 @@ def _write_hf_folder(folder: Path, loaded: model_dir.LoadedModel, side: str, max
   (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
 
 
-def _sentence_transformer(hf_folder: Path, loaded: model_dir.LoadedModel, max_length: int) -> Any:
+def bidirectional(loaded: model_dir.LoadedModel) -> bool:
+  """Whether the encoder is a decoder run without its causal mask."""
+  return isinstance(loaded.config.encoder, DecoderConfig) and not loaded.config.encoder.causal
+
+
+def _latent_pooling(loaded: model_dir.LoadedModel, include_prompt: bool, prompt_offset: int):
+  """st_modules.LatentAttentionPooling holding the model's latent_pool params."""
+  import torch  # pylint: disable=import-outside-toplevel
+  from embed_jax.checkpoints import st_modules  # pylint: disable=import-outside-toplevel
+  config = loaded.config
+  d = config.encoder.d_model
+  module = st_modules.LatentAttentionPooling(
+      d, config.latent_attention_latents, config.latent_attention_heads,
+      include_prompt=include_prompt, prompt_offset=prompt_offset)
+  p = model_dir.params_to_numpy(loaded.params)["latent_pool"]
+  weights = {
+      "latents": p["latents"],
+      "query.weight": p["query"]["kernel"].reshape(d, -1).T,
+      "key.weight": p["key"]["kernel"].reshape(d, -1).T,
+      "value.weight": p["value"]["kernel"].reshape(d, -1).T,
+      "out.weight": p["out"]["kernel"].reshape(-1, d).T,
+      "wi.weight": p["mlp"]["wi"]["kernel"].T, "wi.bias": p["mlp"]["wi"]["bias"],
+      "wo.weight": p["mlp"]["wo"]["kernel"].T, "wo.bias": p["mlp"]["wo"]["bias"],
+  }
+  module.load_state_dict({k: torch.from_numpy(np.array(v, np.float32)) for k, v in weights.items()})
+  return module
+
+
+def _prompt_offset(transformer: Any, loaded: model_dir.LoadedModel, side: str, prompt: str) -> int:
+  """Prompt tokens embed_jax leaves out minus those sentence-transformers' count covers."""
+  from embed_jax.embedding import prompt_token_count  # pylint: disable=import-outside-toplevel
+  theirs = transformer._get_prompt_length(prompt)  # pylint: disable=protected-access
+  if theirs is None:
+    raise ExportError("sentence-transformers reports no prompt length for this tokenizer, so it "
+                      "could not leave the prompt out of the pooling; nothing was written")
+  return prompt_token_count(loaded.text_encoder, side, prompt) - int(theirs)
+
+
+def _sentence_transformer(hf_folder: Path, loaded: model_dir.LoadedModel, max_length: int,
+                          sides: tuple[str, ...]) -> tuple[Any, bool]:
+  """(the SentenceTransformer of `sides`, whether it uses st_modules' custom modules)."""
   import torch  # pylint: disable=import-outside-toplevel
   from sentence_transformers import SentenceTransformer, models  # pylint: disable=import-outside-toplevel
   from transformers.utils import logging as hf_logging  # pylint: disable=import-outside-toplevel
+  from embed_jax.checkpoints import st_modules  # pylint: disable=import-outside-toplevel
   config = loaded.config
+  custom = bidirectional(loaded)
+  transformer_class = st_modules.BidirectionalTransformer if custom else models.Transformer
   # BERT's unused pooler (we never export one) would otherwise be reported as missing.
   verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
   hf_logging.set_verbosity_error()
   hf_logging.disable_progress_bar()
   try:
-    transformer = models.Transformer(str(hf_folder), max_seq_length=max_length)
+    transformer = transformer_class(str(hf_folder), max_seq_length=max_length)
   finally:
     hf_logging.set_verbosity(verbosity)
     if bars:
       hf_logging.enable_progress_bar()
-  modules = [transformer, models.Pooling(config.encoder.d_model, pooling_mode=ST_POOLING[config.pooling])]
+  prompts = {s: loaded.prompts.get(s, "") for s in sides if loaded.prompts.get(s)}
+  averages = config.pooling in ("mean", "latent_attention")
+  offsets = {_prompt_offset(transformer, loaded, s, p) for s, p in prompts.items()} if averages else set()
+  if len(offsets) > 1:
+    raise ExportError(f"the sides' prompts would need different token counts {sorted(offsets)} "
+                      "in one folder; export each side with --side")
+  offset = offsets.pop() if offsets else 0
+  d_model = config.encoder.d_model
+  if config.pooling == "latent_attention":
+    pooling_module, custom = _latent_pooling(loaded, include_prompt=False, prompt_offset=offset), True
+  elif config.pooling == "mean" and offset:
+    pooling_module, custom = st_modules.PromptMeanPooling(d_model, False, offset), True
+  else:
+    pooling_module = models.Pooling(d_model, pooling_mode=ST_POOLING[config.pooling],
+                                    include_prompt=not averages)
+  modules = [transformer, pooling_module]
   if config.projection_dim is not None:
-    dense = models.Dense(config.encoder.d_model, config.projection_dim, bias=False,
+    dense = models.Dense(d_model, config.projection_dim, bias=False,
                          activation_function=torch.nn.Identity())
     kernel = np.asarray(model_dir.params_to_numpy(loaded.params)["projection"]["kernel"], np.float32)
     with torch.no_grad():
@@ -127,7 +202,42 @@ def _sentence_transformer(hf_folder: Path, loaded: model_dir.LoadedModel, max_le
     modules.append(dense)
   if config.normalize:
     modules.append(models.Normalize())
-  return SentenceTransformer(modules=modules, device="cpu")
+  default = sides[0] if len(sides) == 1 and sides[0] in prompts else None
+  model = SentenceTransformer(modules=modules, device="cpu", prompts=prompts,
+                              default_prompt_name=default)
+  return model, custom
+
+
+def _make_self_contained(folder: Path) -> None:
+  """Copies st_modules.py into `folder` and points modules.json at that copy."""
+  from embed_jax.checkpoints import st_modules  # pylint: disable=import-outside-toplevel
+  shutil.copyfile(st_modules.__file__, folder / CUSTOM_MODULE_FILE)
+  modules_json = folder / "modules.json"
+  entries = json.loads(modules_json.read_text())
+  prefix = st_modules.__name__ + "."
+  for entry in entries:
+    if entry["type"].startswith(prefix):
+      entry["type"] = Path(CUSTOM_MODULE_FILE).stem + "." + entry["type"][len(prefix):]
+  modules_json.write_text(json.dumps(entries, indent=2) + "\n")
+
+
+def _check_reproduces(folder: Path, loaded: model_dir.LoadedModel, sides: tuple[str, ...],
+                      max_length: int, custom: bool) -> None:
+  """Loads the written folder and compares its embeddings of PROBE_TEXTS with the model's."""
+  from sentence_transformers import SentenceTransformer  # pylint: disable=import-outside-toplevel
+  from embed_jax.embedding import embed_with_model  # pylint: disable=import-outside-toplevel
+  reloaded = SentenceTransformer(str(folder), device="cpu", trust_remote_code=custom)
+  for side in sides:
+    ours = embed_with_model(loaded, list(PROBE_TEXTS), side=side, max_length=max_length)
+    name = side if loaded.prompts.get(side) else None
+    theirs = reloaded.encode(list(PROBE_TEXTS), prompt_name=name, normalize_embeddings=False,
+                             convert_to_numpy=True)
+    cosine = np.sum(ours * theirs, -1) / np.maximum(
+        np.linalg.norm(ours, axis=-1) * np.linalg.norm(theirs, axis=-1), 1e-12)
+    if float(cosine.min()) < MIN_COSINE:
+      raise ExportError(
+          f"exporting side {side}: sentence-transformers reproduces the model's embeddings only to "
+          f"cosine {float(cosine.min()):.6f} (< {MIN_COSINE}) on the probe texts; nothing was written")
 
 
 def export(model: str | Path, out: str | Path, *, side: str = "both",
@@ -162,10 +272,19 @@ def export(model: str | Path, out: str | Path, *, side: str = "both",
   for target_side, folder in targets.items():
     if folder.exists() and any(folder.iterdir()):
       raise model_dir.ModelDirError(f"{folder} exists and is not empty")
+    sides = ("x", "y") if side == "both" and same else (target_side,)
     with tempfile.TemporaryDirectory() as tmp:
       _write_hf_folder(Path(tmp), loaded, target_side, max_length)
       _check_reloaded_tokenizer(Path(tmp), loaded, target_side, max_length)
-      _sentence_transformer(Path(tmp), loaded, max_length).save(str(folder), create_model_card=False)
+      model, custom = _sentence_transformer(Path(tmp), loaded, max_length, sides)
+      model.save(str(folder), create_model_card=False)
+    try:
+      if custom:
+        _make_self_contained(folder)
+      _check_reproduces(folder, loaded, sides, max_length, custom)
+    except BaseException:
+      shutil.rmtree(folder, ignore_errors=True)
+      raise
     model_card.write_model_card(loaded, folder, target_side,
                                 run_dir=run_dir or model_card.run_dir_of(loaded.directory),
                                 results=results)

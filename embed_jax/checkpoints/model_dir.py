@@ -1,7 +1,8 @@
 """A model directory: everything needed to embed with, or train from, one model.
 
     DIR/
-      model.json        the DualEncoderConfig and the text encoder (read by `load_model`)
+      model.json        the DualEncoderConfig and the text encoder, with each side's
+                        prompt (an instruction put before its texts; read by `load_model`)
       model.gin         the same as gin bindings, for `--gin_file=DIR/model.gin`
       tokenizer.json    (or tokenizer.model, a SentencePiece model)
       params/           orbax checkpoint of the params tree
@@ -26,7 +27,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from embed_jax import partitioning, tokenization
-from embed_jax.errors import UserError
+from embed_jax.errors import ConfigError, UserError
 from embed_jax.models.bert import BertConfig
 from embed_jax.models.dual_encoder import DualEncoder, DualEncoderConfig, build_dual_encoder
 from embed_jax.models.sharded_init import abstract_params, example_inputs
@@ -52,6 +53,13 @@ class TextEncoderSpec:
   x_suffix: tuple[str, ...] = ("]",)
   y_prefix: tuple[str, ...] = ("{",)
   y_suffix: tuple[str, ...] = ("}",)
+  x_prompt: str = ""
+  y_prompt: str = ""
+
+  @property
+  def prompts(self) -> dict[str, str]:
+    """side -> its prompt ("" = none)."""
+    return {"x": self.x_prompt, "y": self.y_prompt}
 
   def arguments(self, directory: str | Path) -> dict[str, Any]:
     """`tokenization.text_encoder`'s arguments, the tokenizer file resolved inside `directory`."""
@@ -82,6 +90,20 @@ class LoadedModel:
   text_encoder: tokenization.TextEncoder
   text_spec: TextEncoderSpec
   metadata: dict[str, Any]
+  prompts: dict[str, str] = dataclasses.field(default_factory=dict)
+  num_layers: int | None = None
+
+  def with_options(self, prompt: str | None = None, layers: int | None = None,
+                   side: str = "x") -> LoadedModel:
+    """A copy that embeds with `prompt` on `side` ("" = no prompt on any side; None = the
+    stored prompts) and with the first `layers` layers (None = all)."""
+    prompts = dict(self.prompts)
+    if prompt == "":
+      prompts = {s: "" for s in prompts}
+    elif prompt is not None:
+      prompts[side] = prompt
+    self.config.check_num_layers(layers)
+    return dataclasses.replace(self, prompts=prompts, num_layers=layers)
 
 
 def config_to_json(config: DualEncoderConfig) -> dict[str, Any]:
@@ -147,7 +169,8 @@ def _checkpointer():
 
 def save_model(directory: str | Path, config: DualEncoderConfig, params: Any, *,
                tokenizer_path: str | Path, templates: dict[str, tuple[str, ...]] | None = None,
-               metadata: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
+               metadata: dict[str, Any] | None = None, overwrite: bool = False,
+               prompts: dict[str, str] | None = None) -> Path:
   """Writes a model directory; returns its path.
 
   Args:
@@ -157,6 +180,7 @@ def save_model(directory: str | Path, config: DualEncoderConfig, params: Any, *,
     tokenizer_path: a tokenizer.json or SentencePiece .model file, copied in.
     templates: x_prefix/x_suffix/y_prefix/y_suffix token strings (default `[ ]`, `{ }`).
     metadata: free-form JSON-able facts (e.g. the conversion source).
+    prompts: side -> the prompt (instruction) put before that side's texts.
   """
   directory = Path(directory).absolute()
   if directory.exists() and not directory.is_dir():
@@ -176,8 +200,12 @@ def save_model(directory: str | Path, config: DualEncoderConfig, params: Any, *,
   suffix = tokenizer_path.suffix
   if suffix not in _TOKENIZER_FILES:
     raise ModelDirError(f"{tokenizer_path}: a tokenizer must be a .json or a SentencePiece .model file")
+  unknown = set(prompts or {}) - {"x", "y"}
+  if unknown:
+    raise ModelDirError(f"prompts for unknown sides {sorted(unknown)}; sides are x and y")
   text_spec = TextEncoderSpec(_TOKENIZER_FILES[suffix], **{
-      k: tuple(v) for k, v in (templates or {}).items()})
+      k: tuple(v) for k, v in (templates or {}).items()},
+      **{f"{side}_prompt": str(p) for side, p in (prompts or {}).items()})
   if jax.process_index() == 0:
     shutil.copyfile(tokenizer_path, directory / text_spec.tokenizer_file)
     record = {"format_version": FORMAT_VERSION, "config": config_to_json(config),
@@ -210,8 +238,14 @@ def read_model_record(directory: str | Path) -> dict[str, Any]:
 
 
 def load_params(directory: str | Path, module: DualEncoder, mesh: Mesh | None = None,
-                rules: partitioning.LogicalRules | None = None) -> Any:
-  """Restores `directory/params` onto `mesh` (sharded by the logical rules) or one device."""
+                rules: partitioning.LogicalRules | None = None,
+                new_params_rng: jax.Array | None = None) -> Any:
+  """Restores `directory/params` onto `mesh` (sharded by the logical rules) or one device.
+
+  new_params_rng: when given, top-level params the module has and the
+    checkpoint lacks (a latent-attention pooling or a projection added to a
+    pretrained model) are freshly initialised from this key; else they are an error.
+  """
   path = Path(directory).absolute() / PARAMS_DIR
   if not path.is_dir():
     raise ModelDirError(f"{path}: params checkpoint missing")
@@ -224,11 +258,28 @@ def load_params(directory: str | Path, module: DualEncoder, mesh: Mesh | None = 
   shapes = nn.meta.unbox(boxed)
   target = jax.tree.map(
       lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+  checkpointer = _checkpointer()
   try:
-    return _checkpointer().restore(path, target)
+    saved = set(checkpointer.metadata(path).item_metadata.tree)
+  except Exception:  # pylint: disable=broad-except
+    saved = set(target)  # No readable metadata: restore decides.
+  missing = sorted(set(target) - saved)
+  if missing and new_params_rng is None:
+    raise ModelDirError(f"{path}: params {missing} of the model are not in the checkpoint")
+  try:
+    restored = checkpointer.restore(path, {k: v for k, v in target.items() if k not in missing})
   except (ValueError, KeyError, FileNotFoundError) as e:
     raise ModelDirError(
         f"{path}: params do not match the model in {CONFIG_FILE} or are damaged: {e}") from e
+  if not missing:
+    return restored
+
+  def init(rng):
+    params = nn.meta.unbox(module.init(rng, *example)["params"])
+    return {k: params[k] for k in missing}  # XLA drops the rest of the initialisation.
+  with partitioning.activate(mesh, rules):
+    fresh = jax.jit(init, out_shardings={k: shardings[k] for k in missing})(new_params_rng)
+  return {**restored, **fresh}
 
 
 def load_model(directory: str | Path, mesh: Mesh | None = None,
@@ -267,7 +318,49 @@ def load_model(directory: str | Path, mesh: Mesh | None = None,
   module = build_dual_encoder(config)
   params = load_params(directory, module, mesh, rules)
   return LoadedModel(directory, config, module, params, text_encoder, text_spec,
-                     record.get("metadata", {}))
+                     record.get("metadata", {}), prompts=text_spec.prompts)
+
+
+# Settings gin may change on a model that training starts from (`train.init_from`): they
+# leave the pretrained params' shapes alone (new heads, e.g. latent pooling, start fresh).
+INIT_OVERRIDES = {
+    "DecoderConfig": ("causal", "dropout_rate", "attention_dropout_rate", "remat_policy",
+                      "scan_layers", "attention_impl", "sliding_window"),
+    "BertConfig": ("dropout_rate", "attention_dropout_rate", "remat_policy", "scan_layers",
+                   "attention_impl"),
+    "DualEncoderConfig": ("pooling", "latent_attention_latents", "latent_attention_heads",
+                          "matryoshka_layers", "projection_dim", "normalize"),
+}
+
+
+def _bound(name: str, field: str) -> tuple[bool, Any]:
+  try:
+    return True, gin.query_parameter(f"{name}.{field}")
+  except ValueError:
+    return False, None
+
+
+def with_gin_overrides(config: DualEncoderConfig, where: str) -> DualEncoderConfig:
+  """`config` (a stored model's) with the `INIT_OVERRIDES` settings gin binds explicitly.
+
+  E.g. `DecoderConfig.causal = False` makes a converted causal decoder
+  bidirectional; `DualEncoderConfig.pooling = 'latent_attention'` adds
+  NV-Embed's pooling. Raises ConfigError (naming `where`) for a bad value.
+  """
+  encoder_name = type(config.encoder).__name__
+  encoder_changes = {f: v for f in INIT_OVERRIDES[encoder_name]
+                     for bound, v in [_bound(encoder_name, f)] if bound}
+  changes = {f: v for f in INIT_OVERRIDES["DualEncoderConfig"]
+             for bound, v in [_bound("DualEncoderConfig", f)] if bound}
+  if not encoder_changes and not changes:
+    return config
+  try:
+    encoder = dataclasses.replace(config.encoder, **encoder_changes)
+    if changes.get("matryoshka_layers") is not None:
+      changes["matryoshka_layers"] = tuple(tuple(p) for p in changes["matryoshka_layers"])
+    return dataclasses.replace(config, encoder=encoder, **changes)
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"{where}: {e}") from e
 
 
 def with_compute_dtype(config: DualEncoderConfig, compute_dtype: str) -> DualEncoderConfig:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embed_jax.cli import add_dtype_argument
+from embed_jax.cli import add_dtype_argument, add_model_options, apply_model_options
 from embed_jax.main import CommandLineError
 
 OUTPUT_FORMATS = (".npy", ".jsonl")
@@ -37,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--max_length", type=int, help="tokens per text, delimiters included")
   parser.add_argument("--dim", type=int, help="keep the first D dimensions, re-normalised (Matryoshka)")
   add_dtype_argument(parser)
+  add_model_options(parser)
   parser.add_argument("--no_progress", action="store_true", help="no progress bar")
 
 
@@ -106,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
     loaded = model_dir.load_model(args.model, mesh=mesh, compute_dtype=args.dtype)
   except model_dir.ModelDirError as e:
     raise CommandLineError(str(e)) from None
+  loaded = apply_model_options(loaded, args, side=args.side)
   embeddings = model_embed.embed(loaded, texts, args.side, batch_size=args.batch_size,
                                  max_length=args.max_length, dim=args.dim, mesh=mesh,
                                  progress=False if args.no_progress else f"embedding {args.input}")

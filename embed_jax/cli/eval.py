@@ -20,7 +20,7 @@ import argparse
 import logging
 
 from embed_jax import gin_config
-from embed_jax.cli import add_dtype_argument
+from embed_jax.cli import add_dtype_argument, add_model_options, apply_model_options
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--dim", type=int, default=None,
                       help="keep the first D embedding dimensions, re-normalised (Matryoshka)")
   add_dtype_argument(parser)
+  add_model_options(parser)
   parser.add_argument("--limit", type=int, default=None,
                       help="smoke runs: at most this many examples per split (queries for retrieval)")
 
@@ -61,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     raise CommandLineError(str(e)) from None
   mesh = partitioning.create_mesh()
   try:
-    model = model_dir.load_model(args.model, mesh, compute_dtype=args.dtype)
+    model = apply_model_options(model_dir.load_model(args.model, mesh, compute_dtype=args.dtype),
+                                args)
     max_length = model_embed.max_length_for(model, args.max_length)
     embed_for = runner.model_embed_fn(model, mesh, args.batch_size, max_length, args.dim)
     info = {"model": str(model.directory), "max_length": max_length, "split": args.split}

@@ -18,7 +18,7 @@ import json
 import sys
 
 from embed_jax import gin_config
-from embed_jax.cli import add_dtype_argument
+from embed_jax.cli import add_dtype_argument, add_model_options, apply_model_options
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--batch_size", type=int, default=128, help="texts per embedding step")
   parser.add_argument("--max_length", type=int, default=None, help="tokens per text (default: the model's)")
   add_dtype_argument(parser)
+  add_model_options(parser)
   parser.add_argument("--dim", type=int, default=None,
                       help="keep the first D embedding dimensions, re-normalised (Matryoshka)")
   parser.add_argument("--chunk_size", type=int, default=8192, help="corpus rows scored at once per device")
@@ -84,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
     doc_ids, documents = read_texts(args.corpus)
     query_ids, queries = read_texts(args.queries)
     mesh = partitioning.create_mesh()
-    model = model_dir.load_model(args.model, mesh, compute_dtype=args.dtype)
+    model = apply_model_options(model_dir.load_model(args.model, mesh, compute_dtype=args.dtype),
+                                args)
     model_embed.check_dim(args.dim, model_embed.embedding_size(model))
     max_length = model_embed.max_length_for(model, args.max_length)
   except (formats.DataFormatError, model_dir.ModelDirError, model_embed.DimensionError) as e:

@@ -23,7 +23,7 @@ import dataclasses
 
 import numpy as np
 
-POOL_POSITIONS = ("eos", "last", "cls", "mean")
+POOL_POSITIONS = ("eos", "last", "cls", "mean", "latent_attention")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +81,7 @@ def pool_offset(text: np.ndarray, pooling: str, eos_id: int | None) -> int:
     return int(hits[-1]) if hits.size else len(text) - 1
   if pooling == "last":
     return len(text) - 1
-  if pooling in ("cls", "mean"):
+  if pooling in ("cls", "mean", "latent_attention"):
     return 0
   raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOL_POSITIONS}")
 

@@ -10,6 +10,18 @@ import tensorflow as tf
 TOKENIZE_BATCH = 512
 
 
+def prepend_prompts(dataset: tf.data.Dataset, prompts: Mapping[str, str]) -> tf.data.Dataset:
+  """Puts each side's prompt (an instruction) before its strings: x, y, and negatives (y's).
+
+  prompts: {"x": ..., "y": ...}; a missing or empty one leaves that side as it is.
+  """
+  columns = {"x": prompts.get("x", ""), "y": prompts.get("y", ""), "negatives": prompts.get("y", "")}
+
+  def prepend(example):
+    return {k: tf.strings.join([columns[k], v]) if columns.get(k) else v for k, v in example.items()}
+  return dataset.map(prepend, num_parallel_calls=tf.data.AUTOTUNE)
+
+
 def tokenize_pairs(dataset: tf.data.Dataset, output_features: Mapping[str, seqio.Feature],
                    batch_size: int = TOKENIZE_BATCH) -> tf.data.Dataset:
   """Encodes every string feature named in `output_features` with its vocabulary.

@@ -30,6 +30,13 @@ name, so it can stand wherever a task name goes:
     DataConfig.task = @mix/mixture()
     mix/mixture.name = 'mine_and_stdlib'
     mix/mixture.tasks = [(@my_pairs/file_task(), 3.0), ('stdlib_code', 1.0)]
+
+Instructions: `file_task(x_prompt=..., y_prompt=...)`, or a built-in task with
+prompts as a new task, `@code/prompted_task()` with `prompted_task.task =
+'stdlib_code'`, `.x_prompt = 'Given a docstring, retrieve the code: '`. The
+prompt is put before each text of its side; `task_prompts(name)` tells the
+trainer, which leaves the prompt's tokens out of mean pooling and stores the
+prompts with the trained model.
 """
 
 from __future__ import annotations
@@ -43,8 +50,10 @@ import tensorflow as tf
 
 from embed_jax.data import code_corpus, pair_files, preprocessors, stdlib_corpus, vocabularies
 from embed_jax.data.sources import PairFileDataSource
+from embed_jax.errors import ConfigError
 
 SPLITS = ("train", "validation", "test")
+_TASK_PROMPTS: dict[str, dict[str, str]] = {}  # task name -> side -> its prompt
 
 
 def pair_output_features(x_vocabulary: seqio.Vocabulary | None = None,
@@ -60,14 +69,33 @@ def pair_output_features(x_vocabulary: seqio.Vocabulary | None = None,
 
 
 def register_pair_task(name: str, source: seqio.DataSource,
-                       output_features: dict[str, seqio.Feature] | None = None) -> seqio.Task:
-  """Registers (replacing any task of that name) a task tokenising `source`'s pairs."""
+                       output_features: dict[str, seqio.Feature] | None = None,
+                       prompts: dict[str, str] | None = None) -> seqio.Task:
+  """Registers (replacing any task of that name) a task tokenising `source`'s pairs.
+
+  prompts: side ("x", "y") -> an instruction put before each of that side's texts.
+  """
   if name in seqio.TaskRegistry.names():
     seqio.TaskRegistry.remove(name)
+  prompts = {side: str(p) for side, p in (prompts or {}).items() if p}
+  steps = [preprocessors.tokenize_pairs, preprocessors.truncate_keeping_suffix]
+  if prompts:
+    steps.insert(0, functools.partial(preprocessors.prepend_prompts, prompts=prompts))
+  _TASK_PROMPTS[name] = prompts
   return seqio.TaskRegistry.add(
-      name, source=source,
-      preprocessors=[preprocessors.tokenize_pairs, preprocessors.truncate_keeping_suffix],
+      name, source=source, preprocessors=steps,
       output_features=output_features or pair_output_features())
+
+
+def task_prompts(name: str) -> dict[str, str]:
+  """side -> prompt of a task, or of a mixture whose tasks all have the same prompts."""
+  provider = seqio.get_mixture_or_task(name)
+  names = [t.name for t in provider.tasks] if isinstance(provider, seqio.Mixture) else [name]
+  found = {n: _TASK_PROMPTS.get(n, {}) for n in names}
+  if len({tuple(sorted(p.items())) for p in found.values()}) > 1:
+    raise ConfigError(f"the tasks of mixture {name!r} have different prompts {found}; a model is "
+                      "trained with one prompt per side")
+  return dict(found[names[0]]) if names else {}
 
 
 _SAME_SOURCE_MIXTURES: set[str] = set()
@@ -104,7 +132,9 @@ def file_task(name: str = gin.REQUIRED,
               y_field: str = "y",
               negatives_field: str | Sequence[str] = (),
               decontaminate_against: str | None = None,
-              streaming: bool = False) -> str:
+              streaming: bool = False,
+              x_prompt: str = "",
+              y_prompt: str = "") -> str:
   """Registers a task reading the user's JSONL / TSV files; returns its name.
 
   Args:
@@ -119,6 +149,7 @@ def file_task(name: str = gin.REQUIRED,
       word 8-grams either way); a missing folder drops nothing.
     streaming: read the files lazily, never whole (files larger than memory;
       use with `DataConfig.streaming = True`).
+    x_prompt, y_prompt: an instruction put before each x (y and negative) text.
   """
   splits = {s: p for s, p in (("train", train), ("validation", validation), ("test", test)) if p}
   if not splits:
@@ -127,7 +158,20 @@ def file_task(name: str = gin.REQUIRED,
   fields = pair_files.PairFields(x=x_field, y=y_field, negatives=negatives)
   register_pair_task(name, PairFileDataSource(splits, fields, format,
                                               decontaminate_against=decontaminate_against,
-                                              streaming=streaming))
+                                              streaming=streaming),
+                     prompts={"x": x_prompt, "y": y_prompt})
+  return name
+
+
+@gin.configurable
+def prompted_task(name: str = gin.REQUIRED, task: str = gin.REQUIRED, x_prompt: str = "",
+                  y_prompt: str = "") -> str:
+  """Registers task `name`: registered task `task` (e.g. a built-in) with per-side prompts."""
+  if task not in seqio.TaskRegistry.names():
+    raise ConfigError(f"prompted_task {name!r}: no registered task {task!r}")
+  base = seqio.get_mixture_or_task(task)
+  register_pair_task(name, base.source, base.output_features,
+                     prompts={"x": x_prompt, "y": y_prompt})
   return name
 
 

@@ -120,8 +120,13 @@ class BertEncoder(nn.Module):
       positions: jax.Array | None = None,
       segment_ids: jax.Array | None = None,
       deterministic: bool = True,
-  ) -> jax.Array:
-    """Same contract as `transformer.Decoder.__call__` (attention is bidirectional)."""
+      layers_out: tuple[int, ...] | None = None,
+  ) -> jax.Array | tuple[jax.Array, ...]:
+    """Same contract as `transformer.Decoder.__call__` (attention is bidirectional).
+
+    With layers_out, the outputs of earlier blocks are returned as they are
+    (post-norm blocks end in a norm).
+    """
     cfg = self.config
     dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     layers.check_length(tokens.shape[1], cfg.max_length, "BertConfig")
@@ -141,4 +146,5 @@ class BertEncoder(nn.Module):
     x = layers.constrain(x, layers.HIDDEN_AXES)
 
     return stack.run_blocks(
-        BertBlock, cfg, x, mask.astype(bool), positions, segment_ids, deterministic)
+        BertBlock, cfg, x, mask.astype(bool), positions, segment_ids, deterministic,
+        collect=layers_out)

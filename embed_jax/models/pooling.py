@@ -11,6 +11,13 @@ token) returning [B, D]; each is correct under left or right padding.
   last  the last real token.
   mean  the mean over real tokens (float32 accumulation).
   cls   the first real token.
+  latent_attention  NV-Embed: the hidden states pass through the dual
+        encoder's `LatentAttention` block (models/latent_attention.py), then
+        the mean; here it pools as "mean".
+
+Mean (and latent) pooling can leave out a prompt: `text_mask` drops each row's
+first `prompt_length` real tokens (the opening delimiter and an instruction
+put before the text), as sentence-transformers' `include_prompt=False` does.
 """
 
 from __future__ import annotations
@@ -19,7 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-POOLINGS = ("eos", "last", "mean", "cls")
+POOLINGS = ("eos", "last", "mean", "cls", "latent_attention")
+# Poolings that average over the tokens (and so can leave a prompt out).
+MEAN_POOLINGS = ("mean", "latent_attention")
 
 
 def _last_true_index(flags: jax.Array) -> jax.Array:
@@ -72,6 +81,28 @@ def mean_pool(hidden: jax.Array, mask: jax.Array) -> jax.Array:
   return (total / count).astype(hidden.dtype)
 
 
+def text_mask(mask: jax.Array, prompt_length: jax.Array | None) -> jax.Array:
+  """[B, L] mask of real tokens after each row's first prompt_length [B] real tokens.
+
+  Left padding is allowed: tokens are counted from the row's first real token.
+  """
+  if prompt_length is None:
+    return mask
+  offset = jnp.cumsum(mask.astype(jnp.int32), axis=-1)  # 1 at the first real token.
+  return mask * (offset > prompt_length[:, None]).astype(mask.dtype)
+
+
+def packed_text_mask(segment_ids: jax.Array, text_of_token: jax.Array,
+                     prompt_length: jax.Array | None) -> jax.Array | None:
+  """bool [R, L]: tokens of packed rows past their text's first prompt_length [N] tokens."""
+  if prompt_length is None:
+    return None
+  from embed_jax.models.positions import default_positions  # pylint: disable=import-outside-toplevel
+  offset = default_positions(segment_ids > 0, segment_ids)
+  count = jnp.append(prompt_length, 0)  # Padding's text id is N.
+  return offset >= jnp.take(count, text_of_token)
+
+
 def pool(
     hidden: jax.Array,
     tokens: jax.Array,
@@ -87,7 +118,7 @@ def pool(
     return eos_pool(hidden, tokens, mask, eos_id)
   if method == "last":
     return last_pool(hidden, mask)
-  if method == "mean":
+  if method in MEAN_POOLINGS:
     return mean_pool(hidden, mask)
   if method == "cls":
     return cls_pool(hidden, mask)
@@ -95,7 +126,7 @@ def pool(
 
 
 def pool_packed(hidden: jax.Array, pool_index: jax.Array, text_of_token: jax.Array,
-                method: str) -> jax.Array:
+                method: str, keep: jax.Array | None = None) -> jax.Array:
   """Pools packed rows (see `embed_jax.data.packing`) to one vector per text: [N, D].
 
   Args:
@@ -105,13 +136,16 @@ def pool_packed(hidden: jax.Array, pool_index: jax.Array, text_of_token: jax.Arr
     text_of_token: int [R, L], the text (0..N-1) each token belongs to, N for
       padding; used for mean.
     method: one of `POOLINGS`.
+    keep: optional bool [R, L]; mean pooling leaves out tokens where False
+      (a prompt, see `packed_text_mask`).
   """
   flat = hidden.reshape(-1, hidden.shape[-1])
   num_texts = pool_index.shape[0]
   if method in ("eos", "last", "cls"):
     return jnp.take(flat, pool_index, axis=0)
-  if method == "mean":
-    owner = text_of_token.reshape(-1)
+  if method in MEAN_POOLINGS:
+    owner = text_of_token if keep is None else jnp.where(keep, text_of_token, num_texts)
+    owner = owner.reshape(-1)
     total = jax.ops.segment_sum(flat.astype(jnp.float32), owner, num_segments=num_texts + 1)
     count = jax.ops.segment_sum(jnp.ones_like(owner, jnp.float32), owner,
                                 num_segments=num_texts + 1)

@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from embed_jax.errors import ConfigError
 from embed_jax.models.layers import check_choice
 
 # Checkpoint policies for `nn.remat` by name; "none" means no rematerialisation.
@@ -43,14 +44,29 @@ def maybe_remat(block_cls: type[nn.Module], policy: str, *, prevent_cse: bool = 
 
 def run_blocks(block_cls: type[nn.Module], config: Any, x: jax.Array, key_mask: jax.Array,
                positions: jax.Array, segment_ids: jax.Array | None,
-               deterministic: bool) -> jax.Array:
+               deterministic: bool, collect: tuple[int, ...] | None = None
+               ) -> jax.Array | tuple[jax.Array, ...]:
   """Applies `config.num_layers` blocks to x [B, L, D] (call inside a compact method).
 
   Each block is `block_cls(config)` called as (x, key_mask, positions,
   segment_ids, deterministic) and returns (x, None), the (carry, output) pair
   `nn.scan` expects. `config.remat_policy` and `config.scan_layers` choose
   rematerialisation and scanning.
+
+  collect: block counts n (1..num_layers); then returns the hidden states
+    after each's first n blocks (in that order), running only max(collect)
+    blocks. Scanned stacks run all their blocks, so only (num_layers,) works.
   """
+  if collect is not None:
+    collect = tuple(int(n) for n in collect)
+    bad = [n for n in collect if not 1 <= n <= config.num_layers]
+    if bad or not collect:
+      raise ConfigError(f"layer counts {list(collect)} must lie in 1..{config.num_layers} "
+                        f"(the encoder's num_layers)")
+    if config.scan_layers and set(collect) != {config.num_layers}:
+      raise ConfigError(
+          f"outputs of earlier layers ({list(collect)}) need unscanned layers: set "
+          f"{type(config).__name__}.scan_layers = False")
   if config.scan_layers:
     block = maybe_remat(block_cls, config.remat_policy, prevent_cse=False)
     scanned = nn.scan(
@@ -62,11 +78,13 @@ def run_blocks(block_cls: type[nn.Module], config: Any, x: jax.Array, key_mask: 
         metadata_params={nn.PARTITION_NAME: SCANNED_NAME},
     )
     x, _ = scanned(config, name=SCANNED_NAME)(x, key_mask, positions, segment_ids, deterministic)
-    return x
+    return x if collect is None else tuple(x for _ in collect)
   block = maybe_remat(block_cls, config.remat_policy)
-  for i in range(config.num_layers):
+  outputs = {}
+  for i in range(config.num_layers if collect is None else max(collect)):
     x, _ = block(config, name=f"layer_{i}")(x, key_mask, positions, segment_ids, deterministic)
-  return x
+    outputs[i + 1] = x
+  return x if collect is None else tuple(outputs[n] for n in collect)
 
 
 def stack_layer_params(params: dict[str, Any], num_layers: int) -> dict[str, Any]:

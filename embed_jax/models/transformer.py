@@ -174,7 +174,8 @@ class Decoder(nn.Module):
       positions: jax.Array | None = None,
       segment_ids: jax.Array | None = None,
       deterministic: bool = True,
-  ) -> jax.Array:
+      layers_out: tuple[int, ...] | None = None,
+  ) -> jax.Array | tuple[jax.Array, ...]:
     """Encodes `tokens`.
 
     Args:
@@ -184,9 +185,12 @@ class Decoder(nn.Module):
       segment_ids: optional int [B, L]; 0 = padding, 1..S = packed texts that
         attend only within themselves.
       deterministic: False enables dropout (needs a "dropout" rng).
+      layers_out: block counts n; then a tuple of the hidden states after the
+        first n blocks, each through the final norm (2D Matryoshka, `--layers`),
+        computing only max(layers_out) blocks.
 
     Returns:
-      [B, L, D] hidden states in the compute dtype.
+      [B, L, D] hidden states in the compute dtype (a tuple with layers_out).
     """
     cfg = self.config
     dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
@@ -204,7 +208,10 @@ class Decoder(nn.Module):
     x = layers.constrain(x, layers.HIDDEN_AXES)
 
     x = stack.run_blocks(
-        DecoderBlock, cfg, x, mask.astype(bool), positions, segment_ids, deterministic)
-    x = layers.norm(cfg.norm, epsilon=cfg.norm_eps, dtype=dtype, param_dtype=param_dtype,
-                    name="final_norm")(x)
-    return layers.constrain(x, layers.HIDDEN_AXES)
+        DecoderBlock, cfg, x, mask.astype(bool), positions, segment_ids, deterministic,
+        collect=layers_out)
+    final_norm = layers.norm(cfg.norm, epsilon=cfg.norm_eps, dtype=dtype, param_dtype=param_dtype,
+                             name="final_norm")
+    if layers_out is not None:
+      return tuple(layers.constrain(final_norm(h), layers.HIDDEN_AXES) for h in x)
+    return layers.constrain(final_norm(x), layers.HIDDEN_AXES)

@@ -40,6 +40,7 @@ from embed_jax import partitioning
 from embed_jax.data import packed_batches
 from embed_jax.errors import ConfigError
 from embed_jax.losses import check_options, contrastive_loss
+from embed_jax.models import matryoshka
 from embed_jax.models.dual_encoder import DualEncoder
 
 Batch = Mapping[str, jax.Array]
@@ -156,23 +157,39 @@ class ContrastiveObjective:
                   deterministic: bool) -> dict[str, jax.Array]:
     packed = packed_batches.is_packed(part)
 
+    layers_out = matryoshka.layers_to_embed(module.config)
+
     def embed(key, side):
       rngs = None if rng is None else {"dropout": jax.random.fold_in(rng, SIDE_KEYS[key])}
+      prompt_length = part.get(f"{key}_prompt_length")
+      if prompt_length is not None:
+        prompt_length = prompt_length.reshape(-1)
       if packed:
         pool_index = part[f"{key}_pool_index"]
         out = module.apply(
             {"params": params}, part[f"{key}_packed_tokens"], part[f"{key}_segment_ids"],
             part[f"{key}_text_of_token"], pool_index.reshape(-1), groups=self.num_shards,
-            deterministic=deterministic, rngs=rngs, method=DualEncoder.embed_packed)
-        return out.reshape(*pool_index.shape, -1)
-      tokens, mask = part[f"{key}_tokens"], part[f"{key}_mask"]
-      out = module.apply(
-          {"params": params}, tokens.reshape(-1, tokens.shape[-1]), mask.reshape(-1, mask.shape[-1]),
-          side=side, deterministic=deterministic, rngs=rngs, method=DualEncoder.embed)
-      return out.reshape(*tokens.shape[:-1], -1)
-    out = {"x": embed("x", "x"), "y": embed("y", "y")}
+            deterministic=deterministic, rngs=rngs, prompt_length=prompt_length,
+            layers_out=layers_out, method=DualEncoder.embed_packed)
+        shape = pool_index.shape
+      else:
+        tokens, mask = part[f"{key}_tokens"], part[f"{key}_mask"]
+        flat = dict(side=side, deterministic=deterministic, rngs=rngs, prompt_length=prompt_length)
+        if layers_out is None:
+          out = module.apply({"params": params}, tokens.reshape(-1, tokens.shape[-1]),
+                             mask.reshape(-1, mask.shape[-1]), method=DualEncoder.embed, **flat)
+        else:
+          out = module.apply({"params": params}, tokens.reshape(-1, tokens.shape[-1]),
+                             mask.reshape(-1, mask.shape[-1]), layers_out=layers_out,
+                             method=DualEncoder.embed_layers, **flat)
+        shape = tokens.shape[:-1]
+      if layers_out is None:
+        return {key: out.reshape(*shape, -1)}
+      return matryoshka.name_layers(key, out.reshape(len(layers_out), *shape, -1), layers_out,
+                                    module.config.encoder.num_layers)
+    out = {**embed("x", "x"), **embed("y", "y")}
     if f"neg_{'pool_index' if packed else 'tokens'}" in part:
-      out["neg"] = embed("neg", "y")
+      out.update(embed("neg", "y"))
     return out
 
   def embed(self, params: Any, part: Batch, rng: jax.Array, frozen: Any = None
@@ -215,10 +232,14 @@ class ContrastiveObjective:
                           "'teacher_scores' field [B, 1+H] in the batch (the data has none)")
       options["teacher_scores"] = batch["teacher_scores"]
     ids = batch.get("y_ids") if self.mask_duplicates else None
-    return contrastive_loss(
-        outputs["x"], outputs["y"], log_temp, mesh=self.mesh, impl=self.loss_impl,
-        hard_negatives=negatives, mask_duplicates=ids, tile_size=self.tile_size, rules=self.rules,
-        **options)
+
+    def loss_of(x, y, negatives):
+      return contrastive_loss(
+          x, y, log_temp, mesh=self.mesh, impl=self.loss_impl, hard_negatives=negatives,
+          mask_duplicates=ids, tile_size=self.tile_size, rules=self.rules, **options)
+    if self.module.config.matryoshka_layers is None:
+      return loss_of(outputs["x"], outputs["y"], negatives)
+    return matryoshka.loss_over_pairs(loss_of, outputs, self.module.config)
 
   def evaluate_batch(self, params: Any, batch: Batch, frozen: Any = None
                      ) -> tuple[jax.Array, dict[str, jax.Array]]:

@@ -80,6 +80,7 @@ def run_model(init_from: str | None, model_dir: epath.Path, compute_dtype: str |
     record = model_dir_lib.read_model_record(init_from)
     inherited = {k: v for k, v in record.get("metadata", {}).items() if k == "max_length"}
     config = model_dir_lib.config_from_json(record["config"], f"{init_from}/model.json")
+    config = model_dir_lib.with_gin_overrides(config, f"train.init_from={init_from!r}")
     text_spec = model_dir_lib.TextEncoderSpec(**{
         k: (tuple(v) if isinstance(v, list) else v) for k, v in record["text_encoder"].items()})
     text_encoder = text_spec.build(init_from)

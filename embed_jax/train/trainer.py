@@ -205,6 +205,21 @@ def _check_data_fingerprint(record: dict | None, current: dict | None, strict: b
     say(f"WARNING: {message}; the resumed order is not the uninterrupted run's")
 
 
+def _with_prompt_lengths(batches, text_encoder, transform):
+  """(side -> prompt of the training task, the host transform also adding prompt lengths)."""
+  config = getattr(batches.host_iterator, "config", None)
+  if config is None or not hasattr(config, "task"):
+    return {}, transform
+  from embed_jax import embedding  # pylint: disable=import-outside-toplevel
+  from embed_jax.data import tasks  # pylint: disable=import-outside-toplevel  # tensorflow side.
+  prompts = tasks.task_prompts(config.task)
+  x_length, y_length = _batch_lengths(batches)
+  add = embedding.prompt_lengths_transform(text_encoder, prompts, {"x": x_length, "y": y_length})
+  if add is None:
+    return prompts, transform
+  return prompts, add if transform is None else (lambda batch: transform(add(batch)))
+
+
 def _batch_lengths(batches) -> tuple[int, int]:
   """The (x, y) token lengths of the run's batches."""
   host = batches.host_iterator
@@ -344,6 +359,7 @@ def train(
     transform = (host_packer(config, step_config, mesh, rules, text_encoder.pad_id)
                  if step_config.pack else None)
     batches = _batches(data_source, mesh, rules, text_encoder, transform)
+    prompts, batches.transform = _with_prompt_lengths(batches, text_encoder, transform)
     guide, frozen = None, None
     if guide_model:
       guide, guide_params = run_model.load_guide(guide_model, model, mesh, rules,
@@ -351,7 +367,8 @@ def train(
       frozen = {"guide": guide_params}
     if trainable.enabled:
       if model.init_from:
-        base_params = model_dir_lib.load_params(model.init_from, module, mesh, rules)
+        base_params = model_dir_lib.load_params(model.init_from, module, mesh, rules,
+                                                new_params_rng=jax.random.key(seed))
       else:
         base_params = init_params(module, jax.random.key(seed), mesh, rules)
       head, base = trainable.split(base_params, jax.random.key(seed + 1))
@@ -382,7 +399,8 @@ def train(
       if trainable.enabled:
         params = head
       elif model.init_from:
-        params = model_dir_lib.load_params(model.init_from, module, mesh, rules)
+        params = model_dir_lib.load_params(model.init_from, module, mesh, rules,
+                                           new_params_rng=jax.random.key(seed))
       else:
         params = init_params(module, jax.random.key(seed), mesh, rules)
       origin = (f"initialised from {model.init_from}" if model.init_from
@@ -492,7 +510,7 @@ def train(
         metadata["lora"] = trainable.record()
         extra = functools.partial(lora_files.save_adapters, adapters=state.params["adapters"])
       final = write_final(model_dir, config, final_params, tokenizer_path, templates, metadata,
-                          extra)
+                          extra, prompts)
       summary["final_model"] = str(final)
       summary["final_eval"] = evaluate(state.params)
       if summary["final_eval"]:
@@ -524,7 +542,7 @@ def _close_all(resources: list) -> None:
 
 
 def write_final(model_dir: epath.Path, config, params, tokenizer_path, templates,
-                metadata: dict, extra=None) -> epath.Path:
+                metadata: dict, extra=None, prompts: dict[str, str] | None = None) -> epath.Path:
   """Writes the final model directory to `final.partial`, then moves it to `final`.
 
   A run killed while writing leaves only the partial folder, which the next
@@ -536,7 +554,7 @@ def write_final(model_dir: epath.Path, config, params, tokenizer_path, templates
     partial.rmtree()
   partitioning.barrier("embed_jax_final_partial_cleared")
   model_dir_lib.save_model(partial, config, params, tokenizer_path=tokenizer_path,
-                           templates=templates, metadata=metadata)
+                           templates=templates, metadata=metadata, prompts=prompts)
   if extra is not None:
     extra(partial)
   if jax.process_index() == 0:
