@@ -79,3 +79,18 @@ def test_batches_carry_the_scores_padded_and_packed(tmp_path, sentencepiece_path
                                      pad_id=encoder.pad_id)
   np.testing.assert_array_equal(packed["teacher_scores"], scores)
   np.testing.assert_array_equal(packed["neg_valid"], batch["neg_mask"].any(axis=-1))
+
+
+def test_cli_flag_reaches_the_user_files_task(tmp_path):
+  import argparse  # pylint: disable=import-outside-toplevel
+  import seqio  # pylint: disable=import-outside-toplevel
+  from embed_jax.cli import user_files  # pylint: disable=import-outside-toplevel
+  path = _write(tmp_path / "pairs.jsonl", [{"x": "q", "y": "p", "n": ["a"], "s": [1.0, 0.0]}])
+  parser = argparse.ArgumentParser()
+  user_files.add_arguments(parser)
+  args = parser.parse_args(["--train_files", path, "--negatives_field", "n",
+                            "--teacher_scores_field", "s"])
+  name = user_files.apply(args)
+  source = seqio.get_mixture_or_task(name).source
+  assert source.fields == FIELDS
+  assert source.records("train").teacher_scores == [[1.0, 0.0]]
