@@ -2,6 +2,7 @@
 
     embed-jax train --train_files 'pairs/*.jsonl' [--validation_files ...] [--test_files ...]
         [--x_field query --y_field positive --negatives_field negatives]
+        [--teacher_scores_field scores]
 
 registers the file task `user_files` (what `file_task` in a gin file would)
 and makes it gin's `DataConfig.task`. Shared by `train` and `data show/stats`.
@@ -25,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   group.add_argument("--y_field", default="y", help="JSON field / TSV column of the positive (y)")
   group.add_argument("--negatives_field", action="append", default=[],
                      help="field(s) of hard negatives (repeatable; JSONL: a string or a list)")
+  group.add_argument("--teacher_scores_field", default=None,
+                     help="field of a teacher's scores of the positive and each negative "
+                          "(1 + negatives numbers; for ContrastiveObjective.distill)")
 
 
 def apply(args: argparse.Namespace) -> str | None:
@@ -38,7 +42,8 @@ def apply(args: argparse.Namespace) -> str | None:
     return None
   from embed_jax.data import tasks  # pylint: disable=import-outside-toplevel  # tensorflow side.
   name = tasks.file_task(name=TASK_NAME, x_field=args.x_field, y_field=args.y_field,
-                         negatives_field=tuple(args.negatives_field), **splits)
+                         negatives_field=tuple(args.negatives_field),
+                         teacher_scores_field=getattr(args, "teacher_scores_field", None), **splits)
   with gin.unlock_config():
     gin.bind_parameter("DataConfig.task", name)
   return name

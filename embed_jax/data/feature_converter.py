@@ -12,6 +12,8 @@ Model features (per example; batched by the pipeline):
   neg_tokens, neg_mask  int32 [H, Ly]   the first H negatives; missing ones all-padding
   x_truncated, y_truncated  int32 []    1 where the body was cut
   neg_truncated         int32 []        how many of the kept negatives were cut
+  teacher_scores        float32 [1+H]   only with `teacher_scores`: the positive's and the
+                                        kept negatives' scores; 0 for a missing negative
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ class PairFeatureConverter(seqio.FeatureConverter):
     suffix_lengths: side ("x", "y") -> number of template ids after the body.
     pad_ids: side -> id used for padding.
     num_negatives: H, how many negatives per example the model gets (0: none).
+    teacher_scores: the task has a `teacher_scores` feature (float [1 + its
+      negatives]) to cut or pad to [1+H] alongside the negatives.
 
   Task feature lengths: {"x": Lx, "y": Ly} (and "negatives": Ly when H > 0).
   """
@@ -71,7 +75,8 @@ class PairFeatureConverter(seqio.FeatureConverter):
   PACKING_FEATURE_DTYPES = {}
 
   def __init__(self, suffix_lengths: Mapping[str, int], pad_ids: Mapping[str, int],
-               num_negatives: int = 0):
+               num_negatives: int = 0, teacher_scores: bool = False):
+    self.teacher_scores = bool(teacher_scores)
     self.suffix_lengths = dict(suffix_lengths)
     self.pad_ids = dict(pad_ids)
     self.num_negatives = int(num_negatives)
@@ -88,6 +93,9 @@ class PairFeatureConverter(seqio.FeatureConverter):
           "neg_mask": _Spec(tf.int32, rank=2, sequence_dim=1),
           "neg_truncated": _Spec(tf.int32, rank=0),
       })
+    if self.teacher_scores:
+      self.TASK_FEATURES["teacher_scores"] = _Spec(tf.float32)
+      self.MODEL_FEATURES["teacher_scores"] = _Spec(tf.float32)
     # Inputs longer than the lengths are expected: this converter truncates them.
     super().__init__(pack=False, apply_length_check=False)
 
@@ -96,6 +104,9 @@ class PairFeatureConverter(seqio.FeatureConverter):
     lengths = {"x": x_length, "y": y_length}
     if self.num_negatives:
       lengths["negatives"] = y_length
+    if self.teacher_scores:
+      # Lines may hold more negatives (and scores) than the H kept: no length check.
+      lengths["teacher_scores"] = 2**31 - 1
     return lengths
 
   def _convert_features(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
@@ -120,6 +131,12 @@ class PairFeatureConverter(seqio.FeatureConverter):
             "neg_mask": per_example(mask, 0),
             "neg_truncated": tf.reduce_sum(negatives.with_values(tf.cast(cut, tf.int32)), axis=1),
         })
+      if self.teacher_scores:
+        scores = batch["teacher_scores"]
+        if not isinstance(scores, tf.RaggedTensor):
+          scores = tf.RaggedTensor.from_tensor(scores)
+        # The positive's and the first H negatives' scores, as the negatives are cut.
+        out["teacher_scores"] = scores[:, :1 + h].to_tensor(0.0, shape=[None, 1 + h])
       return out
 
     return ds.ragged_batch(CONVERT_BATCH).map(convert, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
@@ -130,4 +147,6 @@ class PairFeatureConverter(seqio.FeatureConverter):
                "x_truncated": 1, "y_truncated": 1}
     if self.num_negatives:
       lengths.update({"neg_tokens": ly, "neg_mask": ly, "neg_truncated": 1})
+    if self.teacher_scores:
+      lengths["teacher_scores"] = 1 + self.num_negatives
     return lengths

@@ -4,7 +4,10 @@ JSONL: one JSON object per line; blank lines are ignored. TSV: a header row
 naming the columns, then one pair per row; a TSV field cannot hold a tab or a
 newline (use JSONL for such text). Field names are configurable; negatives are
 optional and may come from several fields (in JSONL each may hold a string or a
-list of strings).
+list of strings). An optional teacher-scores field holds a teacher's scores of
+the positive and each hard negative, in that order: 1 + (the line's number of
+negatives) finite numbers (JSONL: a list; TSV: a JSON list in the column), for
+distillation (`ContrastiveObjective.distill`).
 
 Every bad line (malformed JSON, a missing or empty field, bytes that are not
 UTF-8, a wrong number of columns) and an empty file raise `BadInputError`
@@ -20,6 +23,7 @@ import functools
 import glob
 import json
 import logging
+import math
 import os
 from collections.abc import Sequence
 
@@ -58,6 +62,7 @@ class PairFields:
   x: str = "x"
   y: str = "y"
   negatives: tuple[str, ...] = ()
+  teacher_scores: str | None = None
 
 
 @dataclasses.dataclass
@@ -67,12 +72,15 @@ class PairRecords:
   Attributes:
     x, y: the texts, one per pair.
     negatives: per pair, its hard-negative texts (possibly none).
+    teacher_scores: per pair, the teacher's scores [1 + its negatives] (empty
+      lists without a teacher-scores field).
     skipped: (path, line or None, reason) of each bad line or empty file skipped.
   """
 
   x: list[str] = dataclasses.field(default_factory=list)
   y: list[str] = dataclasses.field(default_factory=list)
   negatives: list[list[str]] = dataclasses.field(default_factory=list)
+  teacher_scores: list[list[float]] = dataclasses.field(default_factory=list)
   skipped: list[tuple[str, int | None, str]] = dataclasses.field(default_factory=list)
 
   def __len__(self) -> int:
@@ -129,18 +137,46 @@ def _negative_texts(value, field: str) -> list[str]:
   return [_text(value, field)]
 
 
-def _jsonl_pair(line: str, fields: PairFields) -> tuple[str, str, list[str]]:
+def _scores(value, field: str, negatives: int) -> list[float]:
+  """The teacher's scores [1 + negatives] of a line: finite numbers, else _Bad."""
+  if not isinstance(value, list):
+    raise _Bad(f"field {field!r} must be a list of numbers (the positive's score, then each "
+               f"negative's), got {type(value).__name__}")
+  if len(value) != 1 + negatives:
+    raise _Bad(f"field {field!r} holds {len(value)} scores; expected 1 + {negatives} "
+               f"(the positive and each of the line's {negatives} negatives)")
+  for i, v in enumerate(value):
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+      raise _Bad(f"field {field!r}[{i}] must be a number, got {v!r}")
+    if not math.isfinite(v):
+      raise _Bad(f"field {field!r}[{i}] is {v!r}; teacher scores must be finite")
+  return [float(v) for v in value]
+
+
+def _jsonl_example(line: str, fields: PairFields) -> tuple[str, str, list[str], list[float]]:
+  """(x, y, negatives, teacher scores or []) of a JSONL line."""
   try:
     record = json.loads(line)
   except json.JSONDecodeError as e:
     raise _Bad(f"malformed JSON ({e.msg} at column {e.colno})") from None
   if not isinstance(record, dict):
     raise _Bad(f"expected a JSON object, got {type(record).__name__}")
-  for field in (fields.x, fields.y) + fields.negatives:
+  for field in (fields.x, fields.y) + fields.negatives + _scores_field(fields):
     if field not in record:
       raise _Bad(f"missing field {field!r} (the line has {sorted(record)})")
   negatives = [n for f in fields.negatives for n in _negative_texts(record[f], f)]
-  return _text(record[fields.x], fields.x), _text(record[fields.y], fields.y), negatives
+  scores = []
+  if fields.teacher_scores is not None:
+    scores = _scores(record[fields.teacher_scores], fields.teacher_scores, len(negatives))
+  return _text(record[fields.x], fields.x), _text(record[fields.y], fields.y), negatives, scores
+
+
+def _jsonl_pair(line: str, fields: PairFields) -> tuple[str, str, list[str]]:
+  return _jsonl_example(line, fields)[:3]
+
+
+def _scores_field(fields: PairFields) -> tuple[str, ...]:
+  return () if fields.teacher_scores is None else (fields.teacher_scores,)
 
 
 def _decoded_lines(path: str):
@@ -168,9 +204,9 @@ def _read_file(path: str, fields: PairFields, format: str | None, records: PairR
         columns = _tsv_columns(path, number, line, fields)
         continue
       if kind == "jsonl":
-        x, y, negatives = _jsonl_pair(line, fields)
+        x, y, negatives, scores = _jsonl_example(line, fields)
       else:
-        x, y, negatives = _tsv_pair(line, columns, fields)
+        x, y, negatives, scores = _tsv_example(line, columns, fields)
     except _Bad as bad:
       if not skip_bad_examples:
         raise BadInputError(path, number, str(bad)) from None
@@ -179,6 +215,7 @@ def _read_file(path: str, fields: PairFields, format: str | None, records: PairR
     records.x.append(x)
     records.y.append(y)
     records.negatives.append(negatives)
+    records.teacher_scores.append(scores)
     found += 1
   if not found and not any(p == path for p, _, _ in records.skipped):
     reason = "empty file (no pairs)" if columns is None else "no pairs after the TSV header"
@@ -190,19 +227,35 @@ def _read_file(path: str, fields: PairFields, format: str | None, records: PairR
 def _tsv_columns(path: str, number: int, header: str, fields: PairFields) -> dict[str, int]:
   names = header.split("\t")
   columns = {name: i for i, name in enumerate(names)}
-  for field in (fields.x, fields.y) + fields.negatives:
+  for field in (fields.x, fields.y) + fields.negatives + _scores_field(fields):
     if field not in columns:
       # A wrong header is a configuration mistake, never skipped.
       raise BadInputError(path, number, f"the TSV header has no column {field!r} (columns: {names})")
   return columns
 
 
-def _tsv_pair(line: str, columns: dict[str, int], fields: PairFields) -> tuple[str, str, list[str]]:
+def _tsv_example(line: str, columns: dict[str, int], fields: PairFields
+                 ) -> tuple[str, str, list[str], list[float]]:
+  """(x, y, negatives, teacher scores or []) of a TSV row; the scores column holds a JSON list."""
   values = line.split("\t")
   if len(values) != len(columns):
     raise _Bad(f"expected {len(columns)} tab-separated columns, got {len(values)}")
   get = lambda field: _text(values[columns[field]], field)  # noqa: E731
-  return get(fields.x), get(fields.y), [get(f) for f in fields.negatives]
+  negatives = [get(f) for f in fields.negatives]
+  scores = []
+  if fields.teacher_scores is not None:
+    field = fields.teacher_scores
+    try:
+      value = json.loads(get(field))
+    except json.JSONDecodeError:
+      raise _Bad(f"column {field!r} must hold a JSON list of numbers, got "
+                 f"{values[columns[field]][:40]!r}") from None
+    scores = _scores(value, field, len(negatives))
+  return get(fields.x), get(fields.y), negatives, scores
+
+
+def _tsv_pair(line: str, columns: dict[str, int], fields: PairFields) -> tuple[str, str, list[str]]:
+  return _tsv_example(line, columns, fields)[:3]
 
 
 def read_pairs(patterns: str | Sequence[str], fields: PairFields = PairFields(),

@@ -90,7 +90,13 @@ def feature_converter(task: seqio.Task, num_negatives: int = 0) -> PairFeatureCo
   return PairFeatureConverter(
       suffix_lengths={s: len(v.template.suffix_ids) for s, v in vocabs.items()},
       pad_ids={s: v.pad_id for s, v in vocabs.items()},
-      num_negatives=num_negatives)
+      num_negatives=num_negatives, teacher_scores=has_teacher_scores(task))
+
+
+def has_teacher_scores(task: seqio.Task) -> bool:
+  """True when the task's source gives each example a teacher's scores (a teacher-scores field)."""
+  fields = getattr(task.source, "fields", None)
+  return getattr(fields, "teacher_scores", None) is not None
 
 
 def converted_dataset(task: seqio.Task, config: DataConfig, shard: int = 0, num_shards: int = 1):
@@ -151,6 +157,15 @@ def _same_encoder(tasks: list[seqio.Task]) -> None:
                        f"{tasks[0].name!r} has {first}")
 
 
+def _same_teacher_scores(tasks: list[seqio.Task]) -> None:
+  """Raises unless all tasks of a mixture have teacher scores, or none (a batch has them or not)."""
+  having = [t.name for t in tasks if has_teacher_scores(t)]
+  if having and len(having) != len(tasks):
+    lacking = [t.name for t in tasks if t.name not in having]
+    raise ConfigError(f"the tasks of a mixture must all have teacher scores or none: {having} have "
+                      f"a teacher_scores_field, {lacking} do not")
+
+
 class PairBatchIterator:
   """This process's rows of each global batch of a task or mixture, as numpy arrays.
 
@@ -180,6 +195,7 @@ class PairBatchIterator:
 
     tasks_rates = tasks_and_rates(config.task)
     _same_encoder([t for t, _ in tasks_rates])
+    _same_teacher_scores([t for t, _ in tasks_rates])
     self.encoder = tasks_rates[0][0].output_features["x"].vocabulary.encoder
     self.tables = {
         task.name: {v: materialize(task, config, v, self.num_shards) for v in self.local_shards}

@@ -6,7 +6,8 @@ are read in Python (`pair_files`, strict, errors naming file and line) once per
 process and change of file; shard i of n holds the examples whose index is
 i modulo n, so any shard count works and shards are disjoint.
 
-Examples have string features `x`, `y` and `negatives` (a possibly empty list).
+Examples have string features `x`, `y` and `negatives` (a possibly empty list),
+and with a teacher-scores field float32 `teacher_scores` [1 + its negatives].
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def _decontaminated(records: pair_files.PairRecords, against: str):
   if report.dropped:
     logging.getLogger(__name__).info("decontaminated against %s: %s", against, report.line())
   kept = pair_files.PairRecords([records.x[i] for i in keep], [records.y[i] for i in keep],
-                                [records.negatives[i] for i in keep], list(records.skipped))
+                                [records.negatives[i] for i in keep],
+                                [records.teacher_scores[i] for i in keep], list(records.skipped))
   return kept, report
 
 
@@ -68,6 +70,9 @@ class PairFileDataSource(seqio.DataSource):
     if streaming and decontaminate_against:
       raise ConfigError("a streaming pair-file source cannot be decontaminated on the fly; "
                         "run `embed-jax data decontaminate` on the files first")
+    if streaming and fields.teacher_scores is not None:
+      raise ConfigError(f"teacher_scores_field={fields.teacher_scores!r} is not supported with "
+                        "streaming=True; read the files whole (streaming=False)")
     self.streaming = streaming
     self._split_to_patterns = dict(split_to_patterns)
     self.decontaminate_against = decontaminate_against
@@ -157,11 +162,18 @@ class PairFileDataSource(seqio.DataSource):
     if shuffle:
       index = np.random.default_rng(seed).permutation(index)
     negatives = [records.negatives[i] for i in index]
-    return tf.data.Dataset.from_tensor_slices({
+    features = {
         "x": tf.constant([records.x[i] for i in index], tf.string, shape=[len(index)]),
         "y": tf.constant([records.y[i] for i in index], tf.string, shape=[len(index)]),
         "negatives": tf.RaggedTensor.from_row_lengths(
             tf.constant([n for row in negatives for n in row], tf.string,
                         shape=[sum(len(row) for row in negatives)]),
             np.array([len(row) for row in negatives], np.int64)),
-    })
+    }
+    if self.fields.teacher_scores is not None:
+      scores = [records.teacher_scores[i] for i in index]
+      features["teacher_scores"] = tf.RaggedTensor.from_row_lengths(
+          tf.constant([v for row in scores for v in row], tf.float32,
+                      shape=[sum(len(row) for row in scores)]),
+          np.array([len(row) for row in scores], np.int64))
+    return tf.data.Dataset.from_tensor_slices(features)

@@ -131,6 +131,7 @@ def file_task(name: str = gin.REQUIRED,
               x_field: str = "x",
               y_field: str = "y",
               negatives_field: str | Sequence[str] = (),
+              teacher_scores_field: str | None = None,
               decontaminate_against: str | None = None,
               streaming: bool = False,
               x_prompt: str = "",
@@ -143,6 +144,9 @@ def file_task(name: str = gin.REQUIRED,
     format: 'jsonl' | 'tsv'; None tells each file's format from its suffix.
     x_field, y_field: JSON field / TSV column of the query (x) and positive (y).
     negatives_field: field(s) or column(s) of hard negatives (JSONL: string or list).
+    teacher_scores_field: field (TSV: column, a JSON list) of a teacher's scores of
+      the positive and each negative, 1 + the line's negatives finite numbers;
+      batches then carry `teacher_scores` [B, 1+H] for `ContrastiveObjective.distill`.
     decontaminate_against: an evaluation data folder (e.g. '../shared/datasets'):
       pairs whose x, y or a negative duplicates one of its texts are dropped
       (`decontamination`: exact after case/whitespace normalisation, or 80% of
@@ -155,7 +159,8 @@ def file_task(name: str = gin.REQUIRED,
   if not splits:
     raise ValueError(f"file_task {name!r}: give files for at least one of train, validation, test")
   negatives = (negatives_field,) if isinstance(negatives_field, str) else tuple(negatives_field)
-  fields = pair_files.PairFields(x=x_field, y=y_field, negatives=negatives)
+  fields = pair_files.PairFields(x=x_field, y=y_field, negatives=negatives,
+                                 teacher_scores=teacher_scores_field or None)
   register_pair_task(name, PairFileDataSource(splits, fields, format,
                                               decontaminate_against=decontaminate_against,
                                               streaming=streaming),
