@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from embed_jax import paths
 from embed_jax.checkpoints import model_dir
 from embed_jax.checkpoints.hf_config import config_to_hf
 from embed_jax.checkpoints.hf_params import params_to_hf
@@ -64,7 +65,8 @@ def _side_tokenizer(loaded: model_dir.LoadedModel, side: str, max_length: int):
   """The model's tokenizer with `side`'s template as its post-processor (template tokens added)."""
   import tokenizers  # pylint: disable=import-outside-toplevel
   from tokenizers import processors  # pylint: disable=import-outside-toplevel
-  tokenizer = tokenizers.Tokenizer.from_file(str(loaded.directory / loaded.text_spec.tokenizer_file))
+  tokenizer = tokenizers.Tokenizer.from_str(
+      (loaded.directory / loaded.text_spec.tokenizer_file).read_text(encoding="utf-8"))
   prefix = getattr(loaded.text_spec, f"{side}_prefix")
   suffix = getattr(loaded.text_spec, f"{side}_suffix")
   template = loaded.text_encoder.template(side)
@@ -146,7 +148,7 @@ def export(model: str | Path, out: str | Path, *, side: str = "both",
     raise ValueError(f"side must be 'x', 'y' or 'both', got {side!r}")
   loaded = model_dir.load_model(model)
   max_length = max_length or loaded.metadata.get("max_length") or loaded.config.encoder.max_length
-  out = Path(out)
+  out = paths.path(out)
   spec = loaded.text_spec
   same = (spec.x_prefix, spec.x_suffix) == (spec.y_prefix, spec.y_suffix)
   if side != "both":
@@ -161,5 +163,6 @@ def export(model: str | Path, out: str | Path, *, side: str = "both",
     with tempfile.TemporaryDirectory() as tmp:
       _write_hf_folder(Path(tmp), loaded, target_side, max_length)
       _check_reloaded_tokenizer(Path(tmp), loaded, target_side, max_length)
-      _sentence_transformer(Path(tmp), loaded, max_length).save(str(folder))
+      with paths.local_output(folder) as local:
+        _sentence_transformer(Path(tmp), loaded, max_length).save(local)
   return list(targets.values())

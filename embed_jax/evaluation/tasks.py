@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from jax.sharding import Mesh
 
+from embed_jax import paths
 from embed_jax.data import stdlib_corpus  # TF-free; imported early to register its gin knobs
 from embed_jax.evaluation import formats, linear_probe, retrieval
 from embed_jax.evaluation.metrics import spearman
@@ -147,7 +148,7 @@ def get_task(name: str, data_dir: str) -> Task:
   if name in BUILT_IN:
     return BUILT_IN[name]
   folder = os.path.join(data_dir, name)
-  if os.path.isfile(os.path.join(folder, "corpus.jsonl")):
+  if paths.path(os.path.join(folder, "corpus.jsonl")).is_file():
     return Task(name, "retrieval", "ndcg@10",
                 _retrieval(lambda d: formats.read_beir(os.path.join(d, name)), BEIR_METRICS))
   raise ValueError(f"unknown task {name!r}: not one of {', '.join(BUILT_IN)}, and "

@@ -1,0 +1,192 @@
+"""gs:// paths end to end against a real GCS JSON API: `gcp-storage-emulator`, in memory.
+
+A tiny run trains to gs://bucket/run (checkpoints, metrics, TensorBoard, the
+final model), is resumed from its checkpoint to more steps, `embed` reads its
+final model from the bucket, `eval` reads a BEIR folder from the bucket and
+writes its report there, and pair files are read by a bucket glob. Every
+file is then found in the bucket (listed through the emulator) and no local
+`gs:` folder has appeared: the failure of a path that went through pathlib
+or open() instead of epath.
+"""
+
+import gc
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import gin
+import numpy as np
+import pytest
+
+from tests.train.run_helpers import REPO_ROOT, train_in_process
+
+BUCKET = "bucket"
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def emulator():
+  """A GCS emulator on a free port; the variables gcsfs and tensorstore read point at it."""
+  for module in ("gcp_storage_emulator", "gcsfs"):
+    if importlib.util.find_spec(module) is None:
+      pytest.skip(f"{module} is not installed (pip install 'embed_jax[test]')")
+  port = _free_port()
+  proc = subprocess.Popen(
+      [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "emulator_main.py"),
+       "start", "--host", "localhost", "--port",
+       str(port), "--in-memory", "--default-bucket", BUCKET],
+      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  url = f"http://localhost:{port}"
+  variables = {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
+               "GOOGLE_AUTH_TOKEN_FOR_TESTING": "test", "GOOGLE_CLOUD_PROJECT": "test"}
+  saved = {k: os.environ.get(k) for k in variables}
+  os.environ.update(variables)
+  try:
+    deadline = time.time() + 30
+    while True:
+      try:
+        socket.create_connection(("localhost", port), timeout=0.2).close()
+        break
+      except OSError:
+        if proc.poll() is not None or time.time() > deadline:
+          pytest.fail("the GCS emulator did not start")
+        time.sleep(0.05)
+    yield url
+  finally:
+    gc.collect()  # TensorBoard's GCS writers upload once more when collected: while the emulator runs.
+    proc.kill()
+    proc.wait()
+    for k, v in saved.items():
+      if v is None:
+        os.environ.pop(k, None)
+      else:
+        os.environ[k] = v
+
+
+def _bucket_files(prefix: str) -> list[str]:
+  """Every object under gs://bucket/prefix, listed through the emulator (relative names)."""
+  import fsspec  # pylint: disable=import-outside-toplevel
+  fs = fsspec.filesystem("gcs")
+  fs.invalidate_cache()
+  root = f"{BUCKET}/{prefix}/"
+  return sorted(p[len(root):] for p in fs.find(root))
+
+
+def _local_gs_folders(*roots) -> list[str]:
+  """Local folders named `gs:` below any of `roots` (top two levels of the big ones)."""
+  found = []
+  for root, depth in roots:
+    for folder, dirs, _ in os.walk(root):
+      if os.path.basename(folder) == "gs:":
+        found.append(folder)
+      if folder[len(root):].count(os.sep) >= depth:
+        dirs[:] = []
+  return found
+
+
+def _main(argv):
+  from embed_jax import main  # pylint: disable=import-outside-toplevel
+  gin.clear_config(clear_constants=True)
+  return main.main(argv)
+
+
+def _upload(path: str, text: str) -> None:
+  from etils import epath  # pylint: disable=import-outside-toplevel
+  epath.Path(path).parent.mkdir(parents=True, exist_ok=True)
+  epath.Path(path).write_text(text)
+
+
+def test_train_resume_embed_and_eval_on_gcs(emulator, minilm_tokenizer_json, tmp_path,
+                                           monkeypatch, capsys):
+  del emulator
+  monkeypatch.chdir(tmp_path)
+  run = f"gs://{BUCKET}/run"
+  extra = ["train.tensorboard=True"]
+  first = train_in_process(run, minilm_tokenizer_json, extra, steps=4)
+  assert first["step"] == 4 and first["final_model"] == f"{run}/final"
+  resumed = train_in_process(run, minilm_tokenizer_json, extra, steps=6)
+  assert resumed["start_step"] == 4 and resumed["step"] == 6
+
+  files = _bucket_files("run")
+  for step in (4, 6):
+    assert any(f.startswith(f"checkpoints/{step}/state/") for f in files), files
+  for name in ("metrics.jsonl", "config.gin", "results.json", "final/model.json",
+               "final/model.gin", "final/tokenizer.json"):
+    assert name in files, (name, files)
+  assert any(f.startswith("final/params/") for f in files)
+  assert any(f.startswith("tensorboard/events.out.tfevents") for f in files), files
+  assert "train.lock" not in files  # Released by both runs.
+  from etils import epath  # pylint: disable=import-outside-toplevel
+  records = [json.loads(line) for line in epath.Path(f"{run}/metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in records if r["split"] == "train"] == [1, 2, 3, 4, 5, 6]
+
+  # embed: model from the bucket, input and output in the bucket.
+  texts = ["def add(a, b): return a + b", "sort a list", "read a file"]
+  _upload(f"gs://{BUCKET}/in/texts.txt", "\n".join(texts) + "\n")
+  assert _main(["embed", "--model", f"{run}/final", "--input", f"gs://{BUCKET}/in/texts.txt",
+                "--output", f"gs://{BUCKET}/out/emb.npy", "--no_progress"]) == 0
+  assert _main(["embed", "--model", f"{run}/final", "--input", f"gs://{BUCKET}/in/texts.txt",
+                "--output", str(tmp_path / "emb.npy"), "--no_progress"]) == 0
+  with epath.Path(f"gs://{BUCKET}/out/emb.npy").open("rb") as f:
+    in_bucket = np.load(f)
+  np.testing.assert_array_equal(in_bucket, np.load(tmp_path / "emb.npy"))
+  assert in_bucket.shape[0] == len(texts)
+
+  # eval: a BEIR folder in the bucket, the report written to the bucket.
+  beir = f"gs://{BUCKET}/data/tiny"
+  docs = {"d1": "add two numbers", "d2": "sort a list in place", "d3": "open and read a file"}
+  _upload(f"{beir}/corpus.jsonl", "".join(json.dumps({"_id": k, "title": "", "text": v}) + "\n"
+                                          for k, v in docs.items()))
+  _upload(f"{beir}/queries.jsonl", "".join(json.dumps({"_id": q, "text": t}) + "\n"
+                                           for q, t in (("q1", "sum"), ("q2", "sorting"))))
+  _upload(f"{beir}/qrels/test.tsv", "query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t1\n")
+  assert _main(["eval", "--model", f"{run}/final", "--tasks", "tiny", "--data_dir",
+                f"gs://{BUCKET}/data", "--out", f"gs://{BUCKET}/eval"]) == 0
+  assert {"results.json", "report.md"} <= set(_bucket_files("eval"))
+  results = json.loads(epath.Path(f"gs://{BUCKET}/eval/results.json").read_text())
+  assert results["tiny"]["num_queries"] == 2
+  capsys.readouterr()
+
+  assert not _local_gs_folders((str(tmp_path), 99), (REPO_ROOT, 2), (tempfile.gettempdir(), 1),
+                               (os.getcwd(), 2))
+
+
+def test_pair_files_read_by_a_bucket_glob_equal_the_local_read(emulator, tmp_path):
+  del emulator
+  from embed_jax.data import pair_files  # pylint: disable=import-outside-toplevel
+  lines = {"a.jsonl": [{"x": "q1", "y": "d1"}, {"x": "q2", "y": "d2"}],
+           "b.jsonl": [{"x": "q3", "y": "d3"}], "skip.txt": [{"x": "no", "y": "no"}]}
+  for name, rows in lines.items():
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    _upload(f"gs://{BUCKET}/pairs/{name}", text)
+    (tmp_path / name).write_text(text, encoding="utf-8")
+  remote = pair_files.read_pairs(f"gs://{BUCKET}/pairs/*.jsonl")
+  local = pair_files.read_pairs(str(tmp_path / "*.jsonl"))
+  assert remote.x == local.x == ["q1", "q2", "q3"] and remote.y == local.y
+  assert pair_files.expand_patterns(f"gs://{BUCKET}/pairs/*.jsonl") == [
+      f"gs://{BUCKET}/pairs/a.jsonl", f"gs://{BUCKET}/pairs/b.jsonl"]
+  with pytest.raises(pair_files.BadInputError, match="no such file"):
+    pair_files.read_pairs(f"gs://{BUCKET}/pairs/*.tsv")
+
+
+def test_run_lock_in_a_bucket_refuses_a_second_trainer(emulator):
+  del emulator
+  from embed_jax.train import run_lock  # pylint: disable=import-outside-toplevel
+  first = run_lock.RunLock(f"gs://{BUCKET}/locked")
+  first.acquire()
+  try:
+    with pytest.raises(run_lock.RunLockedError, match="in use by another trainer"):
+      run_lock.RunLock(f"gs://{BUCKET}/locked").acquire()
+  finally:
+    first.release()
+  assert "train.lock" not in _bucket_files("locked")
