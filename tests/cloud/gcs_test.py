@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 
 import gin
 import numpy as np
@@ -83,9 +84,11 @@ def _quiet_closed_tensorboard_writers() -> None:
     from tensorboardX import record_writer  # pylint: disable=import-outside-toplevel
   except ImportError:
     return
-  for obj in gc.get_objects():
-    if isinstance(obj, record_writer.GCSRecordWriter):
-      obj.close = lambda: None
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # isinstance() on every object wakes lazy modules' warnings.
+    for obj in gc.get_objects():
+      if isinstance(obj, record_writer.GCSRecordWriter):
+        obj.close = lambda: None
 
 
 def _bucket_files(prefix: str) -> list[str]:
