@@ -148,6 +148,13 @@ def test_train_resume_embed_and_eval_on_gcs(emulator, minilm_tokenizer_json, tmp
   records = [json.loads(line) for line in epath.Path(f"{run}/metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in records if r["split"] == "train"] == [1, 2, 3, 4]
 
+  # The final model's model.gin, read from the bucket, names its tokenizer there.
+  from embed_jax import gin_config, tokenization  # pylint: disable=import-outside-toplevel
+  gin.clear_config(clear_constants=True)
+  gin_config.parse([f"{run}/final/model.gin"])
+  assert tokenization.text_encoder().tokenizer.name == f"{run}/final/tokenizer.json"
+  gin.clear_config(clear_constants=True)
+
   # embed: model from the bucket, input and output in the bucket.
   texts = ["def add(a, b): return a + b", "sort a list", "read a file"]
   _upload(f"gs://{BUCKET}/in/texts.txt", "\n".join(texts) + "\n")
@@ -217,3 +224,37 @@ def test_run_lock_in_a_bucket_refuses_a_second_trainer(emulator):
   finally:
     first.release()
   assert "train.lock" not in _bucket_files("locked")
+
+
+def test_convert_from_and_to_the_bucket_equals_the_local_conversion(
+    emulator, minilm_tokenizer_json, tmp_path):
+  """A tiny BERT folder (config.json, model.safetensors, tokenizer.json) converted from gs:// to gs://."""
+  del emulator
+  import jax  # pylint: disable=import-outside-toplevel
+  from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+  from embed_jax import paths  # pylint: disable=import-outside-toplevel
+  from embed_jax.checkpoints import convert, model_dir  # pylint: disable=import-outside-toplevel
+  from embed_jax.checkpoints.hf_config import config_to_hf  # pylint: disable=import-outside-toplevel
+  from embed_jax.checkpoints.hf_params import params_to_hf  # pylint: disable=import-outside-toplevel
+  from embed_jax.models import BertConfig, DualEncoderConfig, init_dual_encoder  # pylint: disable=import-outside-toplevel
+  encoder = BertConfig(d_model=16, num_layers=1, num_heads=2, d_ff=32, max_length=16)
+  _, params = init_dual_encoder(DualEncoderConfig(encoder=encoder, pooling="mean"),
+                                jax.random.key(1))
+  folder = tmp_path / "hf"
+  folder.mkdir()
+  (folder / "config.json").write_text(json.dumps(config_to_hf(encoder)))
+  tensors = params_to_hf(encoder, model_dir.params_to_numpy(params)["encoder"])
+  save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(folder / "model.safetensors"))
+  (folder / "tokenizer.json").write_bytes(open(minilm_tokenizer_json, "rb").read())
+  paths.copy_tree(folder, f"gs://{BUCKET}/hf")
+
+  local = convert.convert(folder, tmp_path / "converted", pooling="mean")
+  remote = convert.convert(f"gs://{BUCKET}/hf", f"gs://{BUCKET}/converted", pooling="mean")
+  assert str(remote) == f"gs://{BUCKET}/converted"
+  assert model_dir.read_model_record(remote)["metadata"]["source"] == f"gs://{BUCKET}/hf"
+  a, b = model_dir.load_model(local), model_dir.load_model(remote)
+  for x, y in zip(jax.tree.leaves(model_dir.params_to_numpy(a.params)),
+                  jax.tree.leaves(model_dir.params_to_numpy(b.params))):
+    np.testing.assert_array_equal(x, y)
+  assert a.config == b.config
+  assert not _local_gs_folders((str(tmp_path), 99), (os.getcwd(), 2))
