@@ -334,11 +334,9 @@ def _cached_encoder(tokenizer_json, sentencepiece_model, templates, stamp) -> Te
 def _file_stamp(path: str | None) -> tuple:
   if path is None:
     return ()
+  if _is_cloud(path):
+    return ()  # Read once: a stat per lookup would be a request per use of the vocabulary.
   try:
-    if _is_cloud(path):
-      from etils import epath  # pylint: disable=import-outside-toplevel
-      stat = epath.Path(path).stat()
-      return (stat.mtime, stat.length)
     stat = os.stat(resolve_path(path))
     return (stat.st_mtime_ns, stat.st_size)
   except OSError:

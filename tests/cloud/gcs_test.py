@@ -258,3 +258,24 @@ def test_convert_from_and_to_the_bucket_equals_the_local_conversion(
     np.testing.assert_array_equal(x, y)
   assert a.config == b.config
   assert not _local_gs_folders((str(tmp_path), 99), (os.getcwd(), 2))
+
+
+def test_a_local_output_folder_is_uploaded_whole_and_only_on_success(emulator):
+  """What `export` writes through (sentence-transformers saves to local folders only)."""
+  del emulator
+  from embed_jax import paths  # pylint: disable=import-outside-toplevel
+  with paths.local_output(f"gs://{BUCKET}/export") as local:
+    os.makedirs(os.path.join(local, "1_Pooling"))
+    with open(os.path.join(local, "1_Pooling", "config.json"), "w", encoding="utf-8") as f:
+      f.write("{}")
+    with open(os.path.join(local, "modules.json"), "w", encoding="utf-8") as f:
+      f.write("[]")
+  assert _bucket_files("export") == ["1_Pooling/config.json", "modules.json"]
+  with pytest.raises(RuntimeError):
+    with paths.local_output(f"gs://{BUCKET}/failed") as local:
+      os.makedirs(local)
+      with open(os.path.join(local, "half.bin"), "wb") as f:
+        f.write(b"x")
+      raise RuntimeError("the writer failed")
+  assert not _bucket_files("failed")
+  assert not os.path.exists(local)  # The temporary folder is gone either way.
