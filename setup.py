@@ -18,6 +18,9 @@ INSTALL_REQUIRES = [
     "rich>=13",
     "tensorboardX>=2.6",
     "matplotlib>=3.8",
+    # gs:// paths: etils.epath over fsspec (see embed_jax/paths.py); orbax brings etils.
+    "etils[epath]>=1.5",
+    "gcsfs>=2024.2",
     # The data pipeline (embed_jax/data only) builds on seqio and tensorflow-datasets.
     "seqio>=0.0.19",
     "tensorflow-cpu>=2.16",
@@ -48,6 +51,7 @@ EXTRAS_REQUIRE = {
         "nbformat>=5.10",
         "ipykernel>=6",
         "peft>=0.13",
+        "gcp-storage-emulator>=2024.8",  # tests/cloud: a GCS API in memory
     ],
 }
 

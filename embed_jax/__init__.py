@@ -19,6 +19,11 @@ from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING, Any
+import os as _os
+
+# gs:// paths through fsspec/gcsfs, not tensorflow's gfile (see embed_jax.paths);
+# set before etils.epath first picks a backend.
+_os.environ.setdefault("EPATH_USE_TF", "false")
 
 __version__ = "0.1.0"
 __all__ = ["ApiError", "Model", "evaluate", "load", "train"]

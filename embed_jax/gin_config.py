@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import gin
+from etils import epath
 
 from embed_jax import gin_types
 from embed_jax.errors import UserError
@@ -43,8 +44,20 @@ def search_paths() -> list[Path]:
   return paths
 
 
+def _is_cloud_file(name: str) -> bool:
+  return "://" in name and epath.Path(name).is_file()
+
+
+# gin opens a bucket path (gs://) through epath, like every other path (an include too).
+gin.config.register_file_reader(lambda name: epath.Path(name).open("r"), _is_cloud_file)
+
+
 def resolve_gin_file(name: str) -> Path:
   """Finds `name` as given or in the search paths; raises naming every place tried."""
+  if "://" in name:
+    if not _is_cloud_file(name):
+      raise GinConfigError(f"gin file {name!r} not found")
+    return name
   candidates = [Path(name)] if Path(name).is_absolute() else [p / name for p in search_paths()]
   for candidate in candidates:
     if candidate.is_file():

@@ -57,6 +57,23 @@ def resolve_path(path: str) -> str:
   return os.path.join(list(spec.submodule_search_locations)[0], relative)
 
 
+def _is_cloud(path: str) -> bool:
+  return "://" in path
+
+
+def _is_file(path: str) -> bool:
+  """os.path.isfile, for bucket paths (gs://) too."""
+  if not _is_cloud(path):
+    return os.path.isfile(path)
+  from etils import epath  # pylint: disable=import-outside-toplevel
+  return epath.Path(path).is_file()
+
+
+def _read_cloud(path: str) -> bytes:
+  from etils import epath  # pylint: disable=import-outside-toplevel
+  return epath.Path(path).read_bytes()
+
+
 class Tokenizer(Protocol):
   """The body tokenizer: text <-> ids, with no special tokens added."""
 
@@ -91,9 +108,10 @@ class HuggingFaceTokenizer:
   def __init__(self, path: str):
     import tokenizers  # pylint: disable=import-outside-toplevel
     self.name = resolve_path(path)
-    if not os.path.isfile(self.name):
+    if not _is_file(self.name):
       raise TokenizationError(f"tokenizer.json not found: {self.name}")
-    self._tokenizer = tokenizers.Tokenizer.from_file(self.name)
+    self._tokenizer = (tokenizers.Tokenizer.from_str(_read_cloud(self.name).decode("utf-8"))
+                       if _is_cloud(self.name) else tokenizers.Tokenizer.from_file(self.name))
     padding = self._tokenizer.padding
     self._pad_id = int(padding["pad_id"]) if padding else 0
     self._tokenizer.no_truncation()
@@ -124,9 +142,10 @@ class SentencePieceTokenizer:
   def __init__(self, path: str):
     import sentencepiece  # pylint: disable=import-outside-toplevel
     self.name = resolve_path(path)
-    if not os.path.isfile(self.name):
+    if not _is_file(self.name):
       raise TokenizationError(f"SentencePiece model not found: {self.name}")
-    self._sp = sentencepiece.SentencePieceProcessor(model_file=self.name)
+    self._sp = (sentencepiece.SentencePieceProcessor(model_proto=_read_cloud(self.name))
+                if _is_cloud(self.name) else sentencepiece.SentencePieceProcessor(model_file=self.name))
 
   @property
   def vocab_size(self) -> int:
@@ -315,6 +334,8 @@ def _cached_encoder(tokenizer_json, sentencepiece_model, templates, stamp) -> Te
 def _file_stamp(path: str | None) -> tuple:
   if path is None:
     return ()
+  if _is_cloud(path):
+    return ()  # Read once: a stat per lookup would be a request per use of the vocabulary.
   try:
     stat = os.stat(resolve_path(path))
     return (stat.st_mtime_ns, stat.st_size)

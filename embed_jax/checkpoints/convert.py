@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from embed_jax import tokenization
+from embed_jax import paths, tokenization
 from embed_jax.checkpoints import gguf_file, hf_files, model_dir
 from embed_jax.checkpoints.hf_config import HFConversionError
 from embed_jax.models.dual_encoder import DualEncoderConfig
@@ -207,8 +207,12 @@ def convert(
   Returns:
     The model directory's path.
   """
-  source_path = Path(tokenization.resolve_path(str(source)))
-  src = _read_source(source_path, encoder_overrides)
+  source_name = tokenization.resolve_path(str(source))
+  with paths.local_copy(source_name) as local:  # A bucket source is read from a download.
+    source_path = Path(local)
+    src = _read_source(source_path, encoder_overrides)
+  if not paths.is_cloud(source_name):
+    source_name = str(source_path.absolute())
   if add_delimiters is None:
     add_delimiters = src.kind != "sentence-transformers"
   if add_delimiters:
@@ -252,7 +256,7 @@ def convert(
       for side in tokenization.SIDES:
         config.closing_id(side)  # raises, naming the side, when it has no closing delimiter
     params = {"encoder": src.params, "log_temp": np.float32(config.log_temp_init)}
-    metadata = {"source": str(source_path.absolute()), "source_format": src.kind,
+    metadata = {"source": source_name, "source_format": src.kind,
                 "added_tokens": added, **src.metadata}
     return model_dir.save_model(out_dir, config, params, tokenizer_path=tokenizer_path,
                                 templates=chosen, metadata=metadata, overwrite=overwrite)

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from embed_jax import paths
 from embed_jax.checkpoints import model_card, model_dir
 from embed_jax.checkpoints.hf_config import config_to_hf
 from embed_jax.checkpoints.hf_params import params_to_hf
@@ -79,7 +80,8 @@ def _side_tokenizer(loaded: model_dir.LoadedModel, side: str, max_length: int):
   """The model's tokenizer with `side`'s template as its post-processor (template tokens added)."""
   import tokenizers  # pylint: disable=import-outside-toplevel
   from tokenizers import processors  # pylint: disable=import-outside-toplevel
-  tokenizer = tokenizers.Tokenizer.from_file(str(loaded.directory / loaded.text_spec.tokenizer_file))
+  tokenizer = tokenizers.Tokenizer.from_str(
+      (loaded.directory / loaded.text_spec.tokenizer_file).read_text(encoding="utf-8"))
   prefix = getattr(loaded.text_spec, f"{side}_prefix")
   suffix = getattr(loaded.text_spec, f"{side}_suffix")
   template = loaded.text_encoder.template(side)
@@ -260,7 +262,7 @@ def export(model: str | Path, out: str | Path, *, side: str = "both",
     raise ValueError(f"side must be 'x', 'y' or 'both', got {side!r}")
   loaded = model_dir.load_model(model)
   max_length = max_length or loaded.metadata.get("max_length") or loaded.config.encoder.max_length
-  out = Path(out)
+  out = paths.path(out)
   spec = loaded.text_spec
   same = (spec.x_prefix, spec.x_suffix) == (spec.y_prefix, spec.y_suffix)
   if side != "both":
@@ -276,16 +278,18 @@ def export(model: str | Path, out: str | Path, *, side: str = "both",
     with tempfile.TemporaryDirectory() as tmp:
       _write_hf_folder(Path(tmp), loaded, target_side, max_length)
       _check_reloaded_tokenizer(Path(tmp), loaded, target_side, max_length)
-      model, custom = _sentence_transformer(Path(tmp), loaded, max_length, sides)
-      model.save(str(folder), create_model_card=False)
-    try:
-      if custom:
-        _make_self_contained(folder)
-      _check_reproduces(folder, loaded, sides, max_length, custom)
-    except BaseException:
-      shutil.rmtree(folder, ignore_errors=True)
-      raise
-    model_card.write_model_card(loaded, folder, target_side,
-                                run_dir=run_dir or model_card.run_dir_of(loaded.directory),
-                                results=results)
+      with paths.local_output(folder) as local:
+        model, custom = _sentence_transformer(Path(tmp), loaded, max_length, sides)
+        model.save(local, create_model_card=False)
+        written = paths.path(local)
+        try:
+          if custom:
+            _make_self_contained(written)
+          _check_reproduces(written, loaded, sides, max_length, custom)
+        except BaseException:
+          shutil.rmtree(local, ignore_errors=True)
+          raise
+        model_card.write_model_card(loaded, written, target_side,
+                                    run_dir=run_dir or model_card.run_dir_of(loaded.directory),
+                                    results=results)
   return list(targets.values())

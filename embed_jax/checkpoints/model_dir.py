@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +23,10 @@ import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from jax.sharding import Mesh
 
-from embed_jax import partitioning, tokenization
+from embed_jax import partitioning, paths, tokenization
 from embed_jax.errors import ConfigError, UserError
 from embed_jax.models.bert import BertConfig
 from embed_jax.models.dual_encoder import DualEncoder, DualEncoderConfig, build_dual_encoder
@@ -63,7 +63,7 @@ class TextEncoderSpec:
 
   def arguments(self, directory: str | Path) -> dict[str, Any]:
     """`tokenization.text_encoder`'s arguments, the tokenizer file resolved inside `directory`."""
-    path = str(Path(directory) / self.tokenizer_file)
+    path = str(epath.Path(directory) / self.tokenizer_file)
     kind = "sentencepiece_model" if path.endswith(".model") else "tokenizer_json"
     other = "tokenizer_json" if kind == "sentencepiece_model" else "sentencepiece_model"
     return {kind: path, other: None, "x_prefix": self.x_prefix, "x_suffix": self.x_suffix,
@@ -83,7 +83,7 @@ class TextEncoderSpec:
 @dataclasses.dataclass
 class LoadedModel:
   """A model ready to embed: module, params (sharded on `mesh` when given), text encoder."""
-  directory: Path
+  directory: epath.Path
   config: DualEncoderConfig
   module: DualEncoder
   params: Any
@@ -154,7 +154,8 @@ def config_to_gin(config: DualEncoderConfig, text_spec: TextEncoderSpec | None,
     lines.append(f"{name}.{f.name} = {_gin_value(getattr(encoder, f.name))}")
   if text_spec is not None:
     lines += ["", "import embed_jax.tokenization"]
-    path = Path(directory).resolve() / text_spec.tokenizer_file if directory else text_spec.tokenizer_file
+    folder = directory and (epath.Path(directory) if paths.is_cloud(directory) else Path(directory).resolve())
+    path = folder / text_spec.tokenizer_file if folder else text_spec.tokenizer_file
     kind = "sentencepiece_model" if str(path).endswith(".model") else "tokenizer_json"
     lines.append(f"text_encoder.{kind} = {str(path)!r}")
     for field in ("x_prefix", "x_suffix", "y_prefix", "y_suffix"):
@@ -170,8 +171,11 @@ def _checkpointer():
 def save_model(directory: str | Path, config: DualEncoderConfig, params: Any, *,
                tokenizer_path: str | Path, templates: dict[str, tuple[str, ...]] | None = None,
                metadata: dict[str, Any] | None = None, overwrite: bool = False,
-               prompts: dict[str, str] | None = None) -> Path:
-  """Writes a model directory; returns its path.
+               prompts: dict[str, str] | None = None) -> epath.Path:
+  """Writes a model directory (local or gs://); returns its path.
+
+  model.json is written last: a folder without it is not (yet) a model
+  directory, so a write cut short is never loaded as one.
 
   Args:
     directory: where to write; must not exist (or be empty) unless `overwrite`.
@@ -182,7 +186,7 @@ def save_model(directory: str | Path, config: DualEncoderConfig, params: Any, *,
     metadata: free-form JSON-able facts (e.g. the conversion source).
     prompts: side -> the prompt (instruction) put before that side's texts.
   """
-  directory = Path(directory).absolute()
+  directory = paths.absolute(directory)
   if directory.exists() and not directory.is_dir():
     raise ModelDirError(f"{directory} is a file, not a folder for a model directory")
   if directory.exists() and any(directory.iterdir()):
@@ -192,11 +196,11 @@ def save_model(directory: str | Path, config: DualEncoderConfig, params: Any, *,
       raise ModelDirError(f"{directory} is not a model directory (no {CONFIG_FILE}) and not empty: "
                           "refusing to replace its files; choose an empty or new folder")
     if jax.process_index() == 0:
-      shutil.rmtree(directory)
+      paths.rmtree(directory)
   # No process writes before process 0 has cleared the folder.
   partitioning.barrier(f"embed_jax.save_model:{directory}")
   directory.mkdir(parents=True, exist_ok=True)
-  tokenizer_path = Path(tokenization.resolve_path(str(tokenizer_path)))
+  tokenizer_path = paths.path(tokenization.resolve_path(str(tokenizer_path)))
   suffix = tokenizer_path.suffix
   if suffix not in _TOKENIZER_FILES:
     raise ModelDirError(f"{tokenizer_path}: a tokenizer must be a .json or a SentencePiece .model file")
@@ -207,20 +211,22 @@ def save_model(directory: str | Path, config: DualEncoderConfig, params: Any, *,
       k: tuple(v) for k, v in (templates or {}).items()},
       **{f"{side}_prompt": str(p) for side, p in (prompts or {}).items()})
   if jax.process_index() == 0:
-    shutil.copyfile(tokenizer_path, directory / text_spec.tokenizer_file)
-    record = {"format_version": FORMAT_VERSION, "config": config_to_json(config),
-              "text_encoder": dataclasses.asdict(text_spec), "metadata": metadata or {}}
-    (directory / CONFIG_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    (directory / text_spec.tokenizer_file).write_bytes(tokenizer_path.read_bytes())
     (directory / GIN_FILE).write_text(config_to_gin(config, text_spec, directory))
   checkpointer = _checkpointer()
   checkpointer.save(directory / PARAMS_DIR, params)
   checkpointer.wait_until_finished()
+  if jax.process_index() == 0:
+    record = {"format_version": FORMAT_VERSION, "config": config_to_json(config),
+              "text_encoder": dataclasses.asdict(text_spec), "metadata": metadata or {}}
+    (directory / CONFIG_FILE).write_text(json.dumps(record, indent=2) + "\n")
+  partitioning.barrier(f"embed_jax.save_model_done:{directory}")
   return directory
 
 
 def read_model_record(directory: str | Path) -> dict[str, Any]:
   """The parsed model.json of `directory`, with clear errors when it is missing or malformed."""
-  path = Path(directory) / CONFIG_FILE
+  path = epath.Path(directory) / CONFIG_FILE
   if not path.is_file():
     raise ModelDirError(f"{directory}: not a model directory ({CONFIG_FILE} missing); "
                         "make one with `embed-jax convert` or `embed-jax train`")
@@ -246,7 +252,7 @@ def load_params(directory: str | Path, module: DualEncoder, mesh: Mesh | None = 
     checkpoint lacks (a latent-attention pooling or a projection added to a
     pretrained model) are freshly initialised from this key; else they are an error.
   """
-  path = Path(directory).absolute() / PARAMS_DIR
+  path = paths.absolute(directory) / PARAMS_DIR
   if not path.is_dir():
     raise ModelDirError(f"{path}: params checkpoint missing")
   if mesh is None:
@@ -291,7 +297,7 @@ def load_model(directory: str | Path, mesh: Mesh | None = None,
     bfloat16 with float32 accumulation; norms, softmax and the embedding stay
     float32) instead of the stored config's; params keep their stored dtype.
   """
-  directory = Path(directory).absolute()
+  directory = paths.absolute(directory)
   record = read_model_record(directory)
   config = config_from_json(record["config"], str(directory / CONFIG_FILE))
   if compute_dtype is not None:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from embed_jax import paths
 from embed_jax.cli import add_dtype_argument, add_model_options, apply_model_options
 from embed_jax.main import CommandLineError
 
@@ -50,7 +51,7 @@ def read_texts(path: str | Path, field: str | None = None) -> list[str]:
     CommandLineError: naming the file and line of undecodable bytes, bad JSON,
       a missing field or a non-string value.
   """
-  path = Path(path)
+  path = paths.path(path)
   try:
     data = path.read_bytes()
   except OSError as e:
@@ -82,12 +83,13 @@ def read_texts(path: str | Path, field: str | None = None) -> list[str]:
 
 def write_embeddings(path: str | Path, embeddings: np.ndarray) -> None:
   """Writes float32 [N, d] as .npy, or as JSONL lines {"index": i, "embedding": [...]}."""
-  path = Path(path)
+  path = paths.path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   if path.suffix == ".npy":
-    np.save(path, embeddings.astype(np.float32))
+    with path.open("wb") as f:
+      np.save(f, embeddings.astype(np.float32))
     return
-  with open(path, "w", encoding="utf-8") as f:
+  with path.open("w", encoding="utf-8") as f:
     for i, row in enumerate(embeddings):
       f.write(json.dumps({"index": i, "embedding": [float(v) for v in row]}) + "\n")
 

@@ -17,7 +17,7 @@ import argparse
 import json
 import sys
 
-from embed_jax import gin_config
+from embed_jax import gin_config, paths
 from embed_jax.cli import add_dtype_argument, add_model_options, apply_model_options
 
 
@@ -42,7 +42,7 @@ def read_texts(path: str) -> tuple[list[str], list[str]]:
   ids, texts = [], []
   first_line: dict[str, int] = {}
   try:
-    with open(path, encoding="utf-8") as f:
+    with paths.path(path).open("r", encoding="utf-8") as f:
       lines = f.read().splitlines()
   except (OSError, UnicodeDecodeError) as e:
     raise formats.DataFormatError(f"{path}: cannot read ({e})") from None
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
   query_vectors = model_embed.embed(model, queries, "x", progress="queries", **options)
   index = search.CorpusIndex(doc_vectors, mesh, chunk_size=args.chunk_size)
   scores, rows = index.search(query_vectors, args.k)
-  out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+  out = paths.path(args.output).open("w", encoding="utf-8") if args.output else sys.stdout
   try:
     for qid, query, hit_rows, hit_scores in zip(query_ids, queries, rows, scores):
       hits = [{"id": doc_ids[r], "score": float(s)} for r, s in zip(hit_rows, hit_scores)]

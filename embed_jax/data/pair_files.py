@@ -29,6 +29,7 @@ from collections.abc import Sequence
 
 import gin
 
+from embed_jax import paths
 from embed_jax.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -96,10 +97,10 @@ def expand_patterns(patterns: str | Sequence[str]) -> list[str]:
   patterns = [patterns] if isinstance(patterns, str) else list(patterns)
   files = []
   for pattern in patterns:
-    pattern = os.path.expanduser(pattern)
-    matched = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else (
-        [pattern] if os.path.exists(pattern) else [])
-    matched = [m for m in matched if os.path.isfile(m)]
+    pattern = pattern if paths.is_cloud(pattern) else os.path.expanduser(pattern)
+    matched = paths.glob(pattern) if glob.has_magic(pattern) else (
+        [pattern] if paths.path(pattern).exists() else [])
+    matched = [m for m in matched if paths.path(m).is_file()]
     if not matched:
       raise BadInputError(pattern, None, "no such file (or the glob matches no file)")
     files.extend(m for m in matched if m not in files)
@@ -181,7 +182,7 @@ def _scores_field(fields: PairFields) -> tuple[str, ...]:
 
 def _decoded_lines(path: str):
   """(line number, text without the line break) of each line; _Bad for non-UTF-8 lines."""
-  with open(path, "rb") as f:
+  with paths.path(path).open("rb") as f:
     for number, raw in enumerate(f, 1):
       try:
         yield number, raw.decode("utf-8").rstrip("\r\n")
@@ -289,7 +290,11 @@ def read_pairs(patterns: str | Sequence[str], fields: PairFields = PairFields(),
   return records
 
 
-def _stamp(path: str) -> tuple[int, int]:
+def file_stamp(path: str) -> tuple[int, int]:
+  """(mtime, size) of a file: ns and bytes locally; in a bucket, the object's mtime in seconds."""
+  if paths.is_cloud(path):
+    stat = paths.path(path).stat()
+    return stat.mtime, stat.length
   stat = os.stat(path)
   return stat.st_mtime_ns, stat.st_size
 
@@ -309,4 +314,4 @@ def read_pairs_cached(patterns: str | Sequence[str], fields: PairFields = PairFi
   """
   skip = skip_bad_examples_default() if skip_bad_examples is None else skip_bad_examples
   files = tuple(expand_patterns(patterns))
-  return _read_pairs_cached(files, tuple(_stamp(f) for f in files), fields, format, skip)
+  return _read_pairs_cached(files, tuple(file_stamp(f) for f in files), fields, format, skip)

@@ -118,8 +118,8 @@ class PairFileDataSource(seqio.DataSource):
     """path -> [size, mtime in ns] of the split's files: a resume tells a changed file by it."""
     out = {}
     for path in self.list_shards(split):
-      stat = os.stat(path)
-      out[path] = [stat.st_size, stat.st_mtime_ns]
+      mtime, size = pair_files.file_stamp(path)
+      out[path] = [size, mtime]
     return out
 
   def num_input_examples(self, split: str) -> int | None:

@@ -19,6 +19,7 @@ import json
 import os
 from collections.abc import Iterator
 
+from embed_jax import paths
 from embed_jax.errors import UserError
 
 MRPC_COLUMNS = ("Quality", "#1 ID", "#2 ID", "#1 String", "#2 String")
@@ -38,9 +39,9 @@ class RetrievalData:
 
 def _lines(path: str) -> Iterator[tuple[int, str]]:
   """(1-based line number, text without newline) of every non-blank line; Latin-1 where not UTF-8."""
-  if not os.path.isfile(path):
+  if not paths.path(path).is_file():
     raise DataFormatError(f"{path}: file not found")
-  with open(path, "rb") as f:
+  with paths.path(path).open("rb") as f:
     for number, raw in enumerate(f, 1):
       try:
         line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
@@ -152,7 +153,7 @@ def read_beir(folder: str, split: str = "test") -> RetrievalData:
   queries_path = os.path.join(folder, "queries.jsonl")
   qrels_path = os.path.join(folder, "qrels", f"{split}.tsv")
   for path in (corpus_path, queries_path, qrels_path):
-    if not os.path.isfile(path):
+    if not paths.path(path).is_file():
       raise DataFormatError(f"{path}: file not found (a BEIR folder holds corpus.jsonl, "
                             f"queries.jsonl and qrels/{split}.tsv)")
   corpus = _unique_ids(corpus_path, lambda r: beir_document_text(r.get("title", ""), r["text"]))
@@ -204,10 +205,10 @@ def read_cosqa(folder: str, split: str = "test") -> RetrievalData:
 
 
 def _read_json(path: str):
-  if not os.path.isfile(path):
+  if not paths.path(path).is_file():
     raise DataFormatError(f"{path}: file not found")
   try:
-    with open(path, encoding="utf-8") as f:
+    with paths.path(path).open("r", encoding="utf-8") as f:
       return json.load(f)
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise DataFormatError(f"{path}: not valid JSON ({e})") from None

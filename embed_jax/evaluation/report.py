@@ -13,6 +13,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from etils import epath
+
 RESULTS_FILE = "results.json"
 REPORT_FILE = "report.md"
 SCORES_PLOT = "scores.png"
@@ -92,7 +94,8 @@ def plot_scores(results: Mapping[str, Mapping[str, Any]], path: str) -> None:
   ax.set_title("headline metric per task")
   ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  with epath.Path(path).open("wb") as f:  # A bucket path too.
+    fig.savefig(f, format="png", dpi=120)
   plt.close(fig)
 
 
@@ -117,7 +120,8 @@ def plot_recall_curves(results: Mapping[str, Mapping[str, Any]], path: str) -> b
   ax.set_title("recall@k (solid: model, dashed: BM25)")
   ax.legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  with epath.Path(path).open("wb") as f:  # A bucket path too.
+    fig.savefig(f, format="png", dpi=120)
   plt.close(fig)
   return True
 
@@ -125,13 +129,13 @@ def plot_recall_curves(results: Mapping[str, Mapping[str, Any]], path: str) -> b
 def write_report(results: Mapping[str, Mapping[str, Any]], out_dir: str,
                  info: Mapping[str, Any] | None = None) -> dict[str, str]:
   """Writes results.json, report.md and the plots into `out_dir`; returns {kind: path}."""
-  os.makedirs(out_dir, exist_ok=True)
+  epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
   paths = {"results": os.path.join(out_dir, RESULTS_FILE), "report": os.path.join(out_dir, REPORT_FILE),
            "scores_plot": os.path.join(out_dir, SCORES_PLOT)}
   record = dict(results)
   if info:
     record["_run"] = dict(info)
-  with open(paths["results"], "w", encoding="utf-8") as f:
+  with epath.Path(paths["results"]).open("w", encoding="utf-8") as f:
     json.dump(record, f, indent=2)
   plot_scores(results, paths["scores_plot"])
   lines = ["# Evaluation report", ""]
@@ -143,6 +147,6 @@ def write_report(results: Mapping[str, Mapping[str, Any]], out_dir: str,
   if plot_recall_curves(results, recall_path):
     paths["recall_plot"] = recall_path
     lines.append(f"![recall@k]({RECALL_PLOT})")
-  with open(paths["report"], "w", encoding="utf-8") as f:
+  with epath.Path(paths["report"]).open("w", encoding="utf-8") as f:
     f.write("\n".join(lines) + "\n")
   return paths

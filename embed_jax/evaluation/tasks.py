@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from jax.sharding import Mesh
 
+from embed_jax import paths
 from embed_jax.data import stdlib_corpus  # TF-free; imported early to register its gin knobs
 from embed_jax.evaluation import formats, linear_probe, retrieval
 from embed_jax.evaluation.metrics import spearman
@@ -194,10 +195,10 @@ def get_task(name: str, data_dir: str, split: str = "test") -> Task:
                        "an STS-B-layout folder holds sts-test.csv (and sts-dev.csv)")
     return Task(name, "sts", "spearman", _sts(lambda d: _sts_folder(path, d), split))
   folder = os.path.join(data_dir, name)
-  if os.path.isfile(os.path.join(folder, "corpus.jsonl")):
+  if paths.path(os.path.join(folder, "corpus.jsonl")).is_file():
     return Task(name, "retrieval", "ndcg@10", _retrieval(
         lambda d: formats.read_beir(os.path.join(d, name), split), BEIR_METRICS, split))
-  if os.path.isfile(sts_file(folder, split)):
+  if paths.path(sts_file(folder, split)).is_file():
     return Task(name, "sts", "spearman", _sts(lambda d: os.path.join(d, name), split))
   raise ValueError(f"unknown task {name!r}: not one of {', '.join(BUILT_IN)} or sts:PATH, and "
                    f"{folder} is neither a BEIR-format folder (corpus.jsonl) nor an STS-B-layout "

@@ -14,7 +14,8 @@ Restoring never deletes anything. The newest checkpoint is tried first:
     run's state, e.g. the model config changed): `IncompatibleCheckpointError`,
     nothing touched;
   * damaged (unreadable content: truncated, missing or undecodable files):
-    moved aside to `checkpoints/<step>.damaged-<time>`, reported, and the
+    moved aside to `checkpoints/<step>.damaged-<time>` (in a bucket, where
+    nothing renames atomically, a copy then a delete), reported, and the
     previous one is tried; when every one is damaged, `AllDamagedError`
     (unless the run is told to start over);
   * transient (an I/O error that may pass) or anything unrecognised: retried

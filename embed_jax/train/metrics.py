@@ -6,6 +6,9 @@ in `model_dir/metrics.jsonl`, the same scalars as TensorBoard scalars
 checkpoint of step s first drops the records after s (the killed run got
 further than its last checkpoint; those steps are done again) and TensorBoard
 purges its events after s, so the files read as one uninterrupted run.
+
+In a bucket (gs://), where objects cannot be appended to, metrics.jsonl is
+rewritten whole at each record (a single object write is atomic there).
 """
 
 from __future__ import annotations
@@ -13,10 +16,12 @@ from __future__ import annotations
 import json
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
+from etils import epath
+
+from embed_jax import paths
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -43,17 +48,22 @@ class MetricsWriter:
     tensorboard: write TensorBoard event files (tensorboardX).
   """
 
-  def __init__(self, model_dir: str | Path, total_steps: int, start_step: int = 0,
+  def __init__(self, model_dir: str | epath.Path, total_steps: int, start_step: int = 0,
                progress: bool = True, tensorboard: bool = True):
     self.enabled = jax.process_index() == 0
-    self.directory = Path(model_dir)
+    self.directory = paths.path(model_dir)
     self.total_steps = total_steps
     self._bar = self._tb = self._file = None
     if not self.enabled:
       return
     self.directory.mkdir(parents=True, exist_ok=True)
     truncate_records(self.directory / METRICS_FILE, start_step)
-    self._file = open(self.directory / METRICS_FILE, "a", encoding="utf-8")  # pylint: disable=consider-using-with
+    self._lines = None  # In a bucket: every line of the file, rewritten whole at each write.
+    if paths.is_cloud(self.directory):
+      path = self.directory / METRICS_FILE
+      self._lines = path.read_text().splitlines(keepends=True) if path.exists() else []
+    else:
+      self._file = open(self.directory / METRICS_FILE, "a", encoding="utf-8")  # pylint: disable=consider-using-with
     if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
       self._tb = SummaryWriter(str(self.directory / TENSORBOARD_DIR),
@@ -69,8 +79,13 @@ class MetricsWriter:
     if not self.enabled:
       return
     values = to_python(metrics)
-    self._file.write(json.dumps({"step": step, "split": split, **values}) + "\n")
-    self._file.flush()
+    line = json.dumps({"step": step, "split": split, **values}) + "\n"
+    if self._lines is not None:
+      self._lines.append(line)
+      (self.directory / METRICS_FILE).write_text("".join(self._lines))
+    else:
+      self._file.write(line)
+      self._file.flush()
     if self._tb is not None:
       for k, v in values.items():
         if math.isfinite(v):
@@ -104,16 +119,17 @@ class MetricsWriter:
       self._bar.close()
     if self._tb is not None:
       self._tb.close()
-    self._file.close()
+    if self._file is not None:
+      self._file.close()
 
 
 def read_records(path) -> list[dict[str, Any]]:
   """The records of a metrics file in order (a line cut by a kill is skipped; absent: [])."""
-  path = Path(path)
+  path = paths.path(path)
   if not path.exists():
     return []
   records = []
-  with open(path, encoding="utf-8") as f:
+  with path.open("r", encoding="utf-8") as f:
     for line in f:
       try:
         records.append(json.loads(line))
@@ -122,12 +138,12 @@ def read_records(path) -> list[dict[str, Any]]:
   return records
 
 
-def truncate_records(path: Path, last_step: int) -> None:
+def truncate_records(path: epath.Path, last_step: int) -> None:
   """Drops the records of steps after `last_step` from a metrics file (atomically; absent: no-op).
 
   At step 0 (a fresh start) every train record goes; evaluations at step 0 stay.
   """
-  path = Path(path)
+  path = paths.path(path)
   if not path.exists():
     return
   kept = []
@@ -135,6 +151,9 @@ def truncate_records(path: Path, last_step: int) -> None:
     step = record.get("step", 0)
     if step < last_step or (step == last_step and (step or record.get("split") != "train")):
       kept.append(json.dumps(record) + "\n")
+  if paths.is_cloud(path):
+    path.write_text("".join(kept))  # One object write: atomic, and buckets cannot rename.
+    return
   temporary = path.with_suffix(".jsonl.tmp")
   temporary.write_text("".join(kept), encoding="utf-8")
   temporary.replace(path)

@@ -5,10 +5,9 @@
 Process 0 takes the lock before the run writes anything; a second trainer on
 the same directory stops at once with a message naming the holder. A lock is
 stale when its holder ran on this host and that pid is gone (a killed run):
-it is then taken over. On a local disk the lock file is created atomically
-(O_EXCL); on object stores (gs://) creation is check-then-write, which
-narrows but cannot close the window between two trainers started at the
-same moment.
+it is then taken over. The lock file is created atomically: O_EXCL on a local
+disk, a create-only upload (GCS `ifGenerationMatch=0`) on gs://, so of two
+trainers started at the same moment exactly one gets it (`paths.create_exclusive`).
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ from typing import Any
 
 from etils import epath
 
+from embed_jax import paths
 from embed_jax.errors import UserError
 
 LOCK_FILE = "train.lock"
@@ -40,10 +40,6 @@ def _pid_alive(pid: int) -> bool:
   except PermissionError:
     return True  # Someone else's live process.
   return True
-
-
-def _is_local(path: epath.Path) -> bool:
-  return "://" not in str(path)
 
 
 class RunLock:
@@ -74,18 +70,7 @@ class RunLock:
 
   def _create(self) -> bool:
     """Writes the lock if absent; False when it exists."""
-    if _is_local(self.path):
-      try:
-        fd = os.open(os.fspath(self.path), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-      except FileExistsError:
-        return False
-      with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(self._record())
-      return True
-    if self.path.exists():
-      return False
-    self.path.write_text(self._record())
-    return True
+    return paths.create_exclusive(self.path, self._record())
 
   def acquire(self) -> None:
     """Takes the lock (replacing a stale one); raises RunLockedError naming a live holder."""

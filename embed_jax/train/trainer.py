@@ -31,7 +31,6 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
-import shutil
 import signal
 import time
 from typing import Any
@@ -41,7 +40,7 @@ import jax
 import numpy as np
 from etils import epath
 
-from embed_jax import flops, partitioning, precision
+from embed_jax import flops, partitioning, paths, precision
 from embed_jax.checkpoints import export_peft as lora_files, model_dir as model_dir_lib
 from embed_jax.data import global_batches, packed_batches
 from embed_jax.errors import ConfigError
@@ -138,7 +137,7 @@ def export_final(final: epath.Path, model_dir: epath.Path, results: dict | None 
   from embed_jax.checkpoints import export_st  # pylint: disable=import-outside-toplevel
   target = model_dir / EXPORT_DIR
   if jax.process_index() == 0:
-    shutil.rmtree(target, ignore_errors=True)
+    paths.rmtree(target)
     export_st.export(final, target, run_dir=model_dir, results=results)
   partitioning.barrier("embed_jax_export_final")
   return target
@@ -327,9 +326,7 @@ def train(
     from embed_jax.checkpoints import export_st  # pylint: disable=import-outside-toplevel
     raise export_st.ExportError("train.export_sentence_transformers needs sentence-transformers and "
                                 "torch: pip install 'embed_jax[quickstart]' (or set it to False)")
-  model_dir = epath.Path(model_dir)
-  if "://" not in str(model_dir):
-    model_dir = model_dir.absolute()
+  model_dir = paths.absolute(model_dir)
   check_model_dir(model_dir)
   mesh = partitioning.create_mesh()
   rules = partitioning.logical_axis_rules()
@@ -546,10 +543,23 @@ def write_final(model_dir: epath.Path, config, params, tokenizer_path, templates
   """Writes the final model directory to `final.partial`, then moves it to `final`.
 
   A run killed while writing leaves only the partial folder, which the next
-  attempt replaces; `final` is always a whole model directory. `extra(folder)`
-  (every process calls it) writes more files into it before the move.
+  attempt replaces; `final` is always a whole model directory. An object store
+  (gs://) cannot rename a folder atomically, so there `final` is written in
+  place: its model.json comes last, and a `final` cut short (no model.json) is
+  not loadable and is replaced by the next attempt.
+  `extra(folder)` (every process calls it) writes more files into it first.
   """
   final, partial = model_dir / FINAL_DIR, model_dir / f"{FINAL_DIR}.partial"
+  if paths.is_cloud(model_dir):
+    if jax.process_index() == 0 and final.exists():
+      final.rmtree()
+    partitioning.barrier("embed_jax_final_cleared")
+    model_dir_lib.save_model(final, config, params, tokenizer_path=tokenizer_path,
+                             templates=templates, metadata=metadata, prompts=prompts)
+    if extra is not None:
+      extra(final)
+    partitioning.barrier("embed_jax_final_written")
+    return final
   if jax.process_index() == 0 and partial.exists():
     partial.rmtree()
   partitioning.barrier("embed_jax_final_partial_cleared")
