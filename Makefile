@@ -1,7 +1,7 @@
 # Two commands do all the set-up on a fresh machine (see README.md):
 #   make quickstart   installs into .venv and runs the main job
 #   make test         installs into .venv (with test extras) and runs the tests
-.PHONY: test bench-smoke quickstart venv
+.PHONY: test test-slow bench-smoke quickstart venv
 
 venv:
 	bash tools/setup_venv.sh
@@ -17,8 +17,13 @@ quickstart:
 
 test:
 	bash tools/setup_venv.sh test
-	.venv/bin/python -m pytest -n 2 -q
+	.venv/bin/python -m pytest -n 2 -q -m "not slow"
 	$(MAKE) bench-smoke
+
+# The few tests of several minutes each (marked slow): run before a release.
+test-slow:
+	bash tools/setup_venv.sh test
+	.venv/bin/python -m pytest -n 2 -q -m slow
 
 # Every benchmark in its smallest form, so CI proves they still run.
 bench-smoke:

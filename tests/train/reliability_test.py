@@ -269,7 +269,6 @@ def test_changed_data_files_are_reported_on_resume(tmp_path, capsys, minilm_toke
   assert h.checkpoint_steps(run) == before
 
 
-@pytest.mark.slow
 def test_kill_storm_resumes_to_the_uninterrupted_run(tmp_path, minilm_tokenizer_json):
   """SIGKILL at random moments (seeded), some inside an asynchronous save: the run still ends
   with the params and the metrics.jsonl of one that was never interrupted."""
