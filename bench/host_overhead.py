@@ -54,6 +54,7 @@ def _run(model_dir: str, steps: int, prefetch: int, repeat: bool, batch_size: in
   gin_config.reset()
   gin_config.parse(["models/tiny.gin", "data/stdlib_code.gin", "data/vocab_minilm.gin"], [
       "DecoderConfig.vocab_size=30528", "DecoderConfig.max_length=128",
+      "text_encoder.sentencepiece_model=None",
       f"DataConfig.batch_size={batch_size}", "DataConfig.x_length=32", "DataConfig.y_length=128",
       f"train.steps={steps}", f"train.checkpoint_every={steps}", "train.log_every=1",
       "train.eval_code_search=False", "train.eval_validation_batches=0", "train.progress=False",

@@ -347,16 +347,17 @@ def train(
     tx, schedule = optimizer.make_optimizer(steps)
     shardings = state_lib.state_shardings(tx, abstract, params_shardings, mesh)
     abstract_state = state_lib.abstract_state(tx, abstract, shardings)
+    transform = (host_packer(config, step_config, mesh, rules, text_encoder.pad_id)
+                 if step_config.pack else None)
+    batches = _batches(data_source, mesh, rules, text_encoder, transform)
+    prompts, batches.transform = _with_prompt_lengths(batches, text_encoder, transform)
+    # After the data (a batch that does not fit the mesh is a user error that leaves nothing
+    # behind), before loading a guide or a LoRA base (a refused resume costs nothing).
     checkpointer = checkpointing.Checkpointer(model_dir, keep=keep, async_save=async_checkpoints)
     say = functools.partial(print, flush=True) if jax.process_index() == 0 else (lambda *_: None)
     record = checkpointer.latest_record()
     trainable_lib.check_resume(record, trainable.record())
     _check_resume_config(record, explicit_config, allow_config_changes, say)
-
-    transform = (host_packer(config, step_config, mesh, rules, text_encoder.pad_id)
-                 if step_config.pack else None)
-    batches = _batches(data_source, mesh, rules, text_encoder, transform)
-    prompts, batches.transform = _with_prompt_lengths(batches, text_encoder, transform)
     guide, frozen = None, None
     if guide_model:
       guide, guide_params = run_model.load_guide(guide_model, model, mesh, rules,
