@@ -12,7 +12,6 @@ tfds file) and its text feature renamed to `text`.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -56,8 +55,8 @@ class DocumentFileDataSource(seqio.DataSource):
     """path -> [size, mtime in ns] of the split's files: a resume tells a changed file by it."""
     out = {}
     for path in self.list_shards(split):
-      stat = os.stat(path)
-      out[path] = [stat.st_size, stat.st_mtime_ns]
+      mtime, size = pair_files.file_stamp(path)
+      out[path] = [size, mtime]
     return out
 
   def num_input_examples(self, split: str) -> int | None:

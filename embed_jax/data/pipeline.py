@@ -166,6 +166,27 @@ def _same_teacher_scores(tasks: list[seqio.Task]) -> None:
                       f"a teacher_scores_field, {lacking} do not")
 
 
+def process_shards(config: DataConfig, process_index: int | None = None,
+                   process_count: int | None = None) -> tuple[int, list[int], slice]:
+  """(num_shards, this process's shard indices, its rows of the global batch) for `config`.
+
+  The data is split into `config.num_shards` (default: one per process) shards, each
+  process reading an equal run of them; the global batch must split evenly over them.
+  """
+  count = jax.process_count() if process_count is None else process_count
+  index = jax.process_index() if process_index is None else process_index
+  num_shards = config.num_shards or count
+  if num_shards % count:
+    raise ConfigError(f"num_shards={num_shards} is not divisible by the {count} processes")
+  if config.batch_size % num_shards:
+    raise ConfigError(f"batch_size={config.batch_size} is not divisible by num_shards={num_shards}")
+  per_process = num_shards // count
+  local_shards = list(range(index * per_process, (index + 1) * per_process))
+  rows = partitioning.host_local_batch_slice(config.batch_size, process_count=count,
+                                             process_index=index)
+  return num_shards, local_shards, rows
+
+
 class PairBatchIterator:
   """This process's rows of each global batch of a task or mixture, as numpy arrays.
 
@@ -180,18 +201,9 @@ class PairBatchIterator:
   def __init__(self, config: DataConfig | None = None, *, process_index: int | None = None,
                process_count: int | None = None):
     self.config = config = config if config is not None else DataConfig()  # pylint: disable=no-value-for-parameter
-    count = jax.process_count() if process_count is None else process_count
-    index = jax.process_index() if process_index is None else process_index
-    self.num_shards = config.num_shards or count
-    if self.num_shards % count:
-      raise ValueError(f"num_shards={self.num_shards} is not divisible by the {count} processes")
-    if config.batch_size % self.num_shards:
-      raise ValueError(f"batch_size={config.batch_size} is not divisible by num_shards={self.num_shards}")
-    per_process = self.num_shards // count
-    self.local_shards = list(range(index * per_process, (index + 1) * per_process))
+    self.num_shards, self.local_shards, self.local_rows = process_shards(
+        config, process_index, process_count)
     self.global_batch_size = config.batch_size
-    self.local_rows = partitioning.host_local_batch_slice(
-        config.batch_size, process_count=count, process_index=index)
 
     tasks_rates = tasks_and_rates(config.task)
     _same_encoder([t for t, _ in tasks_rates])

@@ -24,12 +24,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-import jax
 import numpy as np
 import seqio
 import tensorflow as tf
 
-from embed_jax import partitioning
 from embed_jax.data import batch_format, order as order_lib
 from embed_jax.errors import ConfigError
 
@@ -137,18 +135,9 @@ class StreamingPairBatchIterator:
                shuffle_buffer: int = 4096):
     from embed_jax.data import pipeline, tasks  # pylint: disable=import-outside-toplevel  # Cycle.
     self.config = config
-    count = jax.process_count() if process_count is None else process_count
-    index = jax.process_index() if process_index is None else process_index
-    self.num_shards = config.num_shards or count
-    if self.num_shards % count:
-      raise ConfigError(f"num_shards={self.num_shards} is not divisible by the {count} processes")
-    if config.batch_size % self.num_shards:
-      raise ConfigError(f"batch_size={config.batch_size} is not divisible by num_shards={self.num_shards}")
-    per_process = self.num_shards // count
-    self.local_shards = list(range(index * per_process, (index + 1) * per_process))
+    self.num_shards, self.local_shards, self.local_rows = pipeline.process_shards(
+        config, process_index, process_count)
     self.global_batch_size = config.batch_size
-    self.local_rows = partitioning.host_local_batch_slice(
-        config.batch_size, process_count=count, process_index=index)
     tasks_rates = pipeline.tasks_and_rates(config.task)
     pipeline._same_encoder([t for t, _ in tasks_rates])  # pylint: disable=protected-access
     rates = np.asarray([r for _, r in tasks_rates], np.float64)

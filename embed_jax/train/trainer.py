@@ -551,24 +551,16 @@ def write_final(model_dir: epath.Path, config, params, tokenizer_path, templates
   `extra(folder)` (every process calls it) writes more files into it first.
   """
   final, partial = model_dir / FINAL_DIR, model_dir / f"{FINAL_DIR}.partial"
-  if paths.is_cloud(model_dir):
-    if jax.process_index() == 0 and final.exists():
-      final.rmtree()
-    partitioning.barrier("embed_jax_final_cleared")
-    model_dir_lib.save_model(final, config, params, tokenizer_path=tokenizer_path,
-                             templates=templates, metadata=metadata, prompts=prompts)
-    if extra is not None:
-      extra(final)
-    partitioning.barrier("embed_jax_final_written")
-    return final
-  if jax.process_index() == 0 and partial.exists():
-    partial.rmtree()
-  partitioning.barrier("embed_jax_final_partial_cleared")
-  model_dir_lib.save_model(partial, config, params, tokenizer_path=tokenizer_path,
+  in_place = paths.is_cloud(model_dir)
+  target = final if in_place else partial
+  if jax.process_index() == 0 and target.exists():
+    target.rmtree()
+  partitioning.barrier("embed_jax_final_target_cleared")
+  model_dir_lib.save_model(target, config, params, tokenizer_path=tokenizer_path,
                            templates=templates, metadata=metadata, prompts=prompts)
   if extra is not None:
-    extra(partial)
-  if jax.process_index() == 0:
+    extra(target)
+  if not in_place and jax.process_index() == 0:
     if final.exists():
       final.rmtree()
     partial.rename(final)
