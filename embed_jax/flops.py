@@ -91,17 +91,13 @@ def attention_width(config: DualEncoderConfig) -> int:
   return encoder.num_heads * head_dim
 
 
-def embedding_dim(config: DualEncoderConfig) -> int:
-  return config.projection_dim or config.encoder.d_model
-
-
 def _forward(config: DualEncoderConfig, params: Any, tokens: int, squared_lengths: int,
              batch_size: int, num_negatives: int) -> float:
   """Forward FLOPs given the tokens through the encoder and the sum of each text's length**2."""
   dense = 2 * matmul_params(params) * tokens
   attention = 2 * 2 * config.encoder.num_layers * attention_width(config) * squared_lengths
   candidates = batch_size * (1 + num_negatives)
-  loss = 2 * batch_size * (candidates + batch_size) * embedding_dim(config)
+  loss = 2 * batch_size * (candidates + batch_size) * config.output_dim
   return float(dense + attention + loss)
 
 

@@ -36,7 +36,7 @@ def max_length_for(model: Any, requested: int | None = None) -> int:
 
 def embedding_size(model: Any) -> int:
   """The width d of the model's embeddings: its projection's, else the encoder's d_model."""
-  return int(model.config.projection_dim or model.config.encoder.d_model)
+  return int(model.config.output_dim)
 
 
 def check_dim(dim: int | None, size: int) -> None:

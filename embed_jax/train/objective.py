@@ -121,7 +121,7 @@ class ContrastiveObjective:
         distill=distill, distill_weight=distill_weight, distill_temperature=distill_temperature,
         distill_student_temperature=distill_student_temperature)
     self.loss_options = {k: _as_tuple(v) for k, v in options.items() if v is not None}
-    check_options(dim=embedding_dim(module), where="ContrastiveObjective", **self.loss_options)
+    check_options(dim=module.config.output_dim, where="ContrastiveObjective", **self.loss_options)
     # (guide_margin_kind may be set without a guide: it is also false_negative_margin's kind.)
     if guide is None and "guide_margin" in self.loss_options:
       raise ConfigError("ContrastiveObjective.guide_margin is set but there is no guide "
@@ -174,14 +174,13 @@ class ContrastiveObjective:
         shape = pool_index.shape
       else:
         tokens, mask = part[f"{key}_tokens"], part[f"{key}_mask"]
-        flat = dict(side=side, deterministic=deterministic, rngs=rngs, prompt_length=prompt_length)
-        if layers_out is None:
-          out = module.apply({"params": params}, tokens.reshape(-1, tokens.shape[-1]),
-                             mask.reshape(-1, mask.shape[-1]), method=DualEncoder.embed, **flat)
-        else:
-          out = module.apply({"params": params}, tokens.reshape(-1, tokens.shape[-1]),
-                             mask.reshape(-1, mask.shape[-1]), layers_out=layers_out,
-                             method=DualEncoder.embed_layers, **flat)
+        by_layer = {} if layers_out is None else {"layers_out": layers_out}
+        out = module.apply(
+            {"params": params}, tokens.reshape(-1, tokens.shape[-1]),
+            mask.reshape(-1, mask.shape[-1]), side=side, deterministic=deterministic, rngs=rngs,
+            prompt_length=prompt_length,
+            method=DualEncoder.embed if layers_out is None else DualEncoder.embed_layers,
+            **by_layer)
         shape = tokens.shape[:-1]
       if layers_out is None:
         return {key: out.reshape(*shape, -1)}
@@ -249,15 +248,6 @@ class ContrastiveObjective:
                                   deterministic=True)
     outputs = {**embeddings, **self.guide_embed(frozen, part)}
     return self.loss(outputs, self.log_temp(params, frozen), batch)
-
-
-def embedding_dim(module: DualEncoder) -> int:
-  """The size of the dual encoder's embeddings (its projection's, else the encoder's width)."""
-  config = module.config
-  if config.projection_dim is not None:
-    return int(config.projection_dim)
-  encoder = config.encoder
-  return int(getattr(encoder, "d_model", None) or getattr(encoder, "hidden_size"))
 
 
 def _as_tuple(value):
