@@ -15,8 +15,8 @@ from embed_jax.models.transformer import DecoderConfig
 from embed_jax.train import optimizer, updater as updater_lib
 from embed_jax.train.objective import ContrastiveObjective, GuideModel
 
-VOCAB = 64
-OPEN_X, CLOSE_X, OPEN_Y, CLOSE_Y = 60, 61, 62, 63
+from tests.train.token_batches import (CLOSE_X, CLOSE_Y, OPEN_X, OPEN_Y, VOCAB,
+                                       delimited_texts)
 
 
 def config(d_model, layers, dropout):
@@ -29,12 +29,7 @@ def config(d_model, layers, dropout):
 def make_batch(rng, batch_size, length=8, negatives=2):
   """Random pairs with delimiters and varied lengths, a missing hard negative, teacher scores."""
   def side(open_id, close_id, shape):
-    tokens = rng.integers(0, 60, size=shape + (length,)).astype(np.int32)
-    lengths = rng.integers(3, length + 1, size=shape)
-    mask = (np.arange(length) < lengths[..., None]).astype(np.int32)
-    tokens[..., 0] = open_id
-    np.put_along_axis(tokens, (lengths - 1)[..., None], close_id, axis=-1)
-    return tokens * mask, mask
+    return delimited_texts(rng, open_id, close_id, shape, length)
   x, xm = side(OPEN_X, CLOSE_X, (batch_size,))
   y, ym = side(OPEN_Y, CLOSE_Y, (batch_size,))
   n, nm = side(OPEN_Y, CLOSE_Y, (batch_size, negatives))

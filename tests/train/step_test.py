@@ -12,8 +12,8 @@ from embed_jax.models.transformer import DecoderConfig
 from embed_jax.train import optimizer, state as state_lib, updater as updater_lib
 from embed_jax.train.objective import ContrastiveObjective
 
-VOCAB = 64
-OPEN_X, CLOSE_X, OPEN_Y, CLOSE_Y = 60, 61, 62, 63
+from tests.train.token_batches import (CLOSE_X, CLOSE_Y, OPEN_X, OPEN_Y, VOCAB,
+                                       delimited_texts)
 CONFIG = DualEncoderConfig(
     encoder=DecoderConfig(vocab_size=VOCAB, d_model=16, num_layers=2, num_heads=2, max_length=16,
                           dropout_rate=0.1, attention_dropout_rate=0.1),
@@ -23,12 +23,7 @@ CONFIG = DualEncoderConfig(
 def _batch(rng, batch_size, length=8, negatives=1):
   """Random pairs with delimiters and varied lengths (right-padded), numpy."""
   def side(open_id, close_id, shape):
-    tokens = rng.integers(0, 60, size=shape + (length,)).astype(np.int32)
-    lengths = rng.integers(3, length + 1, size=shape)
-    mask = (np.arange(length) < lengths[..., None]).astype(np.int32)
-    tokens[..., 0] = open_id
-    np.put_along_axis(tokens, (lengths - 1)[..., None], close_id, axis=-1)
-    return tokens * mask, mask
+    return delimited_texts(rng, open_id, close_id, shape, length)
   x, xm = side(OPEN_X, CLOSE_X, (batch_size,))
   y, ym = side(OPEN_Y, CLOSE_Y, (batch_size,))
   n, nm = side(OPEN_Y, CLOSE_Y, (batch_size, negatives))
