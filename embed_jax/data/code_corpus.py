@@ -36,10 +36,8 @@ import json
 import logging
 import multiprocessing
 import os
-import shutil
 import sys
 import sysconfig
-import tempfile
 from collections.abc import Iterable, Sequence
 
 import gin
@@ -284,30 +282,14 @@ def corpus_folder(cache: str | None = None) -> str:
 
 
 def build(cache: str | None = None, processes: int | None = None) -> str:
-  """Extracts and caches the built-in corpora unless cached; returns the folder.
-
-  Written under a temporary name and renamed into place (concurrent builders are safe).
-  """
-  folder = corpus_folder(cache)
-  if os.path.isfile(os.path.join(folder, "summary.json")):
-    return folder
-  trees, site_dirs = builtin_trees()
-  os.makedirs(os.path.dirname(folder), exist_ok=True)
-  staging = tempfile.mkdtemp(prefix=".python_corpus-", dir=os.path.dirname(folder))
-  try:
+  """Extracts, decontaminates and caches the built-in corpora unless cached; returns the folder
+  (`stdlib_corpus.build_cached`: concurrent builders are safe)."""
+  def write(staging: str) -> dict:
+    trees, site_dirs = builtin_trees()
     summary = extract_to(staging, trees, site_dirs, help_topics=True, processes=processes)
     summary["decontamination"] = decontaminate_folder(staging, eval_data_dir())
-    with open(os.path.join(staging, "summary.json"), "w", encoding="utf-8") as f:
-      json.dump(summary, f, indent=1)
-    try:
-      os.replace(staging, folder)
-    except OSError:
-      if not os.path.isfile(os.path.join(folder, "summary.json")):
-        raise
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)
-  log.info("python corpora cached in %s: %s", folder, summary["pairs"])
-  return folder
+    return summary
+  return stdlib_corpus.build_cached(corpus_folder(cache), write, "python corpora")
 
 
 def corpus_file(corpus: str, split: str, cache: str | None = None) -> str:

@@ -237,16 +237,10 @@ def corpus_folder(cache: str | None = None, root: str | None = None) -> str:
 def build(cache: str | None = None, root: str | None = None) -> str:
   """Extracts and caches both corpora unless already cached; returns the folder.
 
-  The folder holds `<corpus>/<split>.jsonl` and `summary.json`. It is written
-  under a temporary name and renamed into place, so concurrent builders are safe.
+  The folder holds `<corpus>/<split>.jsonl` and `summary.json` (see `build_cached`).
   """
-  folder = corpus_folder(cache, root)
-  if os.path.isfile(os.path.join(folder, "summary.json")):
-    return folder
-  pairs, summary = extract(root)
-  os.makedirs(os.path.dirname(folder), exist_ok=True)
-  staging = tempfile.mkdtemp(prefix=".stdlib_corpus-", dir=os.path.dirname(folder))
-  try:
+  def write(staging: str) -> dict:
+    pairs, summary = extract(root)
     for corpus, corpus_pairs in pairs.items():
       os.makedirs(os.path.join(staging, corpus))
       for split in SPLITS:
@@ -254,6 +248,22 @@ def build(cache: str | None = None, root: str | None = None) -> str:
           for pair in corpus_pairs:
             if split_of(pair["doc"]) == split:
               f.write(json.dumps(pair, ensure_ascii=False) + "\n")
+    return summary
+  return build_cached(corpus_folder(cache, root), write, "stdlib corpus")
+
+
+def build_cached(folder: str, write, what: str) -> str:
+  """`folder`, built by `write(staging) -> summary` unless it already holds `summary.json`.
+
+  Written under a temporary name beside it and renamed into place, `summary.json`
+  last, so concurrent builders are safe and a cut-short build is never taken as cached.
+  """
+  if os.path.isfile(os.path.join(folder, "summary.json")):
+    return folder
+  os.makedirs(os.path.dirname(folder), exist_ok=True)
+  staging = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}-", dir=os.path.dirname(folder))
+  try:
+    summary = write(staging)
     with open(os.path.join(staging, "summary.json"), "w", encoding="utf-8") as f:
       json.dump(summary, f, indent=1)
     try:
@@ -263,7 +273,7 @@ def build(cache: str | None = None, root: str | None = None) -> str:
         raise  # Not a lost race with another builder.
   finally:
     shutil.rmtree(staging, ignore_errors=True)
-  log.info("stdlib corpus cached in %s: %s", folder, summary["pairs"])
+  log.info("%s cached in %s: %s", what, folder, summary["pairs"])
   return folder
 
 
